@@ -1,0 +1,51 @@
+"""Command-line interface: `robustir <command>`; each concept contributes its commands from its own `cli.py`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from robustir.errors import RobustirError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robustir")
+def cli() -> None:
+    """robustir: attack, analyse, defend and benchmark image-restoration networks."""
+
+
+def _register_commands() -> None:
+    """Attach the commands of every concept (explicit list: nothing depends on import side effects)."""
+    import importlib
+
+    for module in ("robustir.data.cli",):
+        mod = importlib.import_module(module)
+        for command in mod.COMMANDS:
+            cli.add_command(command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, printing user errors as one line (no traceback) and exiting non-zero."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except RobustirError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

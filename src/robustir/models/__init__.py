@@ -1,0 +1,12 @@
+"""Restoration networks: registry, official-equivalent architectures, checkpoint loading, uniform restorer call."""
+
+from robustir.models.registry import (CallConvention, ModelInfo, build, get_model_info, list_models, list_presets,
+                                      register_model, register_preset, resolve_spec)
+from robustir.models.restorer import Restorer, pad_to_multiple, restorer, sigma_map, sigma_tensor
+
+# Every model file is imported here by name, so registration never depends on import side effects elsewhere.
+# (Model files are added below as they land.)
+
+__all__ = ["CallConvention", "ModelInfo", "Restorer", "build", "get_model_info", "list_models", "list_presets",
+           "pad_to_multiple", "register_model", "register_preset", "resolve_spec", "restorer", "sigma_map",
+           "sigma_tensor"]

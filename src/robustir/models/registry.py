@@ -1,0 +1,163 @@
+"""Model registry: official class names -> constructors, named presets, and `build(spec)`.
+
+Registration is explicit (each model file decorates its class and `models/__init__.py` imports every model file by
+name), so a model is never missing because some module was not imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from robustir.errors import RobustirError
+
+# How a network is driven by `robustir.models.restorer`: (net, y_padded, sigma (N,) or None, kernel or None) -> Tensor.
+Adapter = Callable[[nn.Module, Tensor, "Tensor | None", "Tensor | None"], Any]
+
+# Keys of KAIR's generic `netG` section that only some networks read; ignored for KAIR-style specs (`net_type`).
+KAIR_GENERIC_KEYS = frozenset({"gc", "ng", "reduction", "upsample_mode", "downsample_mode", "init_type",
+                               "init_bn_type", "init_gain", "scale", "upscale"})
+
+
+@dataclass(frozen=True)
+class CallConvention:
+    """How the uniform restorer calls a network.
+
+    Attributes:
+        pad_multiple: spatial sizes are padded up to a multiple of this before the call and cropped back after.
+        pad_mode: 'reflect', 'replicate' or 'constant' (zeros).
+        needs_sigma: the network needs a noise level (non-blind denoiser); the restorer raises without one.
+        needs_kernel: the network needs the blur kernel (non-blind deblurrer); the restorer raises without one.
+        adapter: calls the network on a padded [0,1] batch; default `net(y)`. Returns the restored batch (or a list,
+            see `select`).
+        select: index of the output to use when the network returns a list/tuple (e.g. MPRNet 0, DWDN -1).
+    """
+
+    pad_multiple: int = 1
+    pad_mode: str = "reflect"
+    needs_sigma: bool = False
+    needs_kernel: bool = False
+    adapter: Adapter | None = None
+    select: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered network type."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    task: str
+    description: str
+    call: CallConvention = field(default_factory=CallConvention)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    kair_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration (a full spec dict) the papers use."""
+
+    name: str
+    spec: Mapping[str, Any]
+    description: str
+
+
+_MODELS: dict[str, ModelInfo] = {}
+_PRESETS: dict[str, Preset] = {}
+_TASKS = ("denoise", "deblur")
+
+
+def register_model(name: str, *, task: str, description: str, call: CallConvention | None = None,
+                   aliases: Mapping[str, str] | None = None, kair_names: tuple[str, ...] = ()
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Class/function decorator registering a network under its official class name."""
+    if task not in _TASKS:
+        raise ValueError(f"task must be one of {_TASKS}, got {task!r}")
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model type {name!r} is registered twice")
+        _MODELS[name] = ModelInfo(name, factory, task, description, call or CallConvention(), dict(aliases or {}),
+                                  tuple(kair_names))
+        return factory
+
+    return deco
+
+
+def register_preset(name: str, spec: Mapping[str, Any], description: str) -> None:
+    """Register a named configuration, e.g. `register_preset("dncnn-s25", {"type": "DnCNN", ...}, "...")`."""
+    if name in _PRESETS:
+        raise ValueError(f"preset {name!r} is registered twice")
+    _PRESETS[name] = Preset(name, dict(spec), description)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """Look up a registered type by official class name (case-sensitive) or KAIR `net_type` (case-insensitive)."""
+    if name in _MODELS:
+        return _MODELS[name]
+    low = name.lower()
+    for info in _MODELS.values():
+        if low in info.kair_names:
+            return info
+    raise RobustirError(f"unknown model type {name!r}; registered types: {', '.join(sorted(_MODELS))}")
+
+
+def list_models() -> list[dict[str, str]]:
+    """Registered types and presets with task and a one-line description."""
+    rows = [{"name": i.name, "kind": "type", "task": i.task, "description": i.description} for i in _MODELS.values()]
+    for p in _PRESETS.values():
+        task = get_model_info(p.spec["type"]).task if p.spec.get("type") in _MODELS else "?"
+        rows.append({"name": p.name, "kind": "preset", "task": task, "description": p.description})
+    return sorted(rows, key=lambda r: (r["kind"] != "type", r["name"].lower()))
+
+
+def list_presets() -> dict[str, Preset]:
+    """All registered presets by name."""
+    return dict(_PRESETS)
+
+
+def resolve_spec(spec: Mapping[str, Any] | str) -> tuple[ModelInfo, dict[str, Any]]:
+    """Turn a spec (dict or preset name) into the registered type and validated constructor kwargs."""
+    if isinstance(spec, str):
+        if spec not in _PRESETS:
+            raise RobustirError(f"unknown model preset {spec!r}; presets: {', '.join(sorted(_PRESETS))} "
+                                f"(or pass a dict with a 'type' key)")
+        spec = _PRESETS[spec].spec
+    if not isinstance(spec, Mapping):
+        raise RobustirError(f"model spec must be a dict or a preset name, got {type(spec).__name__}")
+    kwargs = copy.deepcopy(dict(spec))
+    kair = "net_type" in kwargs and "type" not in kwargs
+    type_name = kwargs.pop("type", None) or kwargs.pop("net_type", None)
+    if not type_name:
+        raise RobustirError(f"model spec has no 'type' key: {dict(spec)}")
+    info = get_model_info(str(type_name))
+    params = inspect.signature(info.factory).parameters
+    valid = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        target = info.aliases.get(key, key)
+        if target in valid:
+            out[target] = value
+        elif kair and key in KAIR_GENERIC_KEYS:
+            continue
+        else:
+            raise RobustirError(f"unknown keyword {key!r} for model type {info.name}; valid keywords: "
+                                f"{', '.join(valid)}")
+    return info, out
+
+
+def build(spec: Mapping[str, Any] | str) -> nn.Module:
+    """Build a network from an official-style spec dict (`{"type": "DnCNN", "nb": 17, ...}`) or a preset name."""
+    info, kwargs = resolve_spec(spec)
+    try:
+        net = info.factory(**kwargs)
+    except TypeError as exc:
+        raise RobustirError(f"cannot build {info.name} with {kwargs}: {exc}") from None
+    net.robustir_type = info.name  # type: ignore[attr-defined]
+    return net
