@@ -26,6 +26,21 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
     return files
 
 
+def check_image_paths(paths: object) -> list[Path]:
+    """Validate an explicit list of image files (non-empty, each an existing file with an image suffix)."""
+    if isinstance(paths, (str, os.PathLike)) or not hasattr(paths, "__iter__"):
+        raise RobustirError(f"expected a list of image paths, got {type(paths).__name__}")
+    out = [Path(p) for p in paths]  # type: ignore[union-attr]
+    if not out:
+        raise RobustirError("expected a non-empty list of image paths, got an empty list")
+    for p in out:
+        if not p.is_file():
+            raise RobustirError(f"image file {str(p)!r} does not exist")
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise RobustirError(f"image file {str(p)!r}: expected one of {', '.join(IMAGE_SUFFIXES)}")
+    return out
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """A named dataset: how to find its files under the data root, and its native channel count and default size."""

@@ -1,0 +1,285 @@
+"""Image and tensor files: real files in every supported format, compared with Pillow / tifffile / numpy."""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from robustir.data import data_root, image_size, load_image, load_tensors, save_image, save_tensors, tensors_metadata
+from robustir.data.io import _png_header, _read_png_direct
+from robustir.errors import RobustirError
+
+RNG = np.random.default_rng(0)
+
+
+def _u8(*shape: int) -> np.ndarray:
+    return RNG.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _u16(*shape: int) -> np.ndarray:
+    return RNG.integers(0, 65536, size=shape, dtype=np.uint16)
+
+
+def _chw(arr: np.ndarray, levels: float) -> torch.Tensor:
+    t = torch.from_numpy(arr.astype(np.float32) / levels)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+@pytest.mark.parametrize("shape", [(19, 23), (19, 23, 3)])
+def test_lossless_8bit_formats_match_pillow(tmp_path: Path, suffix: str, shape: tuple[int, ...]) -> None:
+    arr = _u8(*shape)
+    path = tmp_path / f"img{suffix}"
+    Image.fromarray(arr).save(path)
+    x = load_image(path)
+    assert x.dtype == torch.float32
+    assert x.shape == (1 if len(shape) == 2 else 3, 19, 23)
+    torch.testing.assert_close(x, _chw(arr, 255.0), rtol=0, atol=0)
+
+
+def test_jpeg_matches_pillow_decode(tmp_path: Path) -> None:
+    arr = _u8(32, 40, 3)
+    path = tmp_path / "img.jpg"
+    Image.fromarray(arr).save(path, quality=90)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    torch.testing.assert_close(load_image(path), _chw(expected, 255.0), rtol=0, atol=0)
+    gray = tmp_path / "gray.jpeg"
+    Image.fromarray(arr[..., 0]).save(gray)
+    assert load_image(gray).shape == (1, 32, 40)
+
+
+def test_16bit_gray_png_and_tiff(tmp_path: Path) -> None:
+    arr = _u16(17, 29)
+    Image.fromarray(arr).save(tmp_path / "g.png")
+    tifffile.imwrite(tmp_path / "g.tif", arr)
+    for name in ("g.png", "g.tif"):
+        torch.testing.assert_close(load_image(tmp_path / name), _chw(arr, 65535.0), rtol=0, atol=0)
+
+
+def test_16bit_rgb_tiff_and_planar(tmp_path: Path) -> None:
+    arr = _u16(11, 13, 3)
+    tifffile.imwrite(tmp_path / "c.tif", arr, photometric="rgb")
+    tifffile.imwrite(tmp_path / "p.tiff", np.moveaxis(arr, -1, 0), photometric="rgb", planarconfig="separate")
+    for name in ("c.tif", "p.tiff"):
+        torch.testing.assert_close(load_image(tmp_path / name), _chw(arr, 65535.0), rtol=0, atol=0)
+
+
+def test_float_tiff_in_range_and_out_of_range(tmp_path: Path) -> None:
+    arr = RNG.random((9, 8)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", arr)
+    torch.testing.assert_close(load_image(tmp_path / "f.tif")[0], torch.from_numpy(arr), rtol=0, atol=0)
+    tifffile.imwrite(tmp_path / "bad.tif", arr * 3)
+    with pytest.raises(RobustirError, match="bad.tif.*\\[0,1\\]"):
+        load_image(tmp_path / "bad.tif")
+
+
+def test_save_16bit_rgb_png_is_lossless_and_pillow_sees_the_high_byte(tmp_path: Path) -> None:
+    arr = _u16(21, 18, 3)
+    path = tmp_path / "c16.png"
+    save_image(_chw(arr, 65535.0), path, bits=16)
+    assert _png_header(path)[2:4] == (16, 2)
+    torch.testing.assert_close(load_image(path), _chw(arr, 65535.0), rtol=0, atol=0)
+    with Image.open(path) as img:  # Pillow decodes 16-bit RGB to 8 bits by keeping the most significant byte
+        img.verify()  # checks chunk CRCs
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), (arr >> 8).astype(np.uint8))
+
+
+def test_save_16bit_gray_png_read_by_pillow(tmp_path: Path) -> None:
+    arr = _u16(12, 15)
+    path = tmp_path / "g16.png"
+    save_image(_chw(arr, 65535.0), path, bits=16)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")
+        np.testing.assert_array_equal(np.asarray(img).astype(np.uint16), arr)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_alpha_png_16bit_direct_decoder(tmp_path: Path, mode: str) -> None:
+    # Pillow cannot write 16-bit alpha PNGs: build one by hand (colour type 4 or 6, filter 'None').
+    ch = 2 if mode == "LA" else 4
+    arr = _u16(7, 9, ch)
+    raw = b"".join(b"\x00" + arr[r].astype(">u2").tobytes() for r in range(7))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 9, 7, 16, 4 if ch == 2 else 6, 0, 0, 0)
+    path = tmp_path / "a16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    with pytest.warns(UserWarning, match="alpha channel dropped"):
+        x = load_image(path)
+    torch.testing.assert_close(x, _chw(arr[..., :-1], 65535.0), rtol=0, atol=0)
+
+
+def test_direct_png_decoder_matches_pillow_on_all_filter_types(tmp_path: Path) -> None:
+    from skimage import data
+
+    # Pillow's encoder picks Sub/Up/Average/Paeth adaptively on natural images: all four unfilter paths are used.
+    for i, arr in enumerate([data.astronaut()[:64, :80], data.camera()[:50, :70], data.coffee()[:40, :30]]):
+        path = tmp_path / f"n{i}.png"
+        Image.fromarray(arr).save(path)
+        w, h, depth, ctype, interlace = _png_header(path)
+        got = _read_png_direct(path, w, h, depth, ctype, interlace)
+        np.testing.assert_array_equal(got.reshape(arr.shape), arr)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_alpha_8bit_dropped_with_warning(tmp_path: Path, mode: str) -> None:
+    arr = _u8(10, 12, 2 if mode == "LA" else 4)
+    path = tmp_path / "a.png"
+    Image.fromarray(arr, mode=mode).save(path)
+    with pytest.warns(UserWarning, match="a.png: alpha channel dropped"):
+        x = load_image(path)
+    torch.testing.assert_close(x, _chw(arr[..., :-1] if mode == "RGBA" else arr[..., 0], 255.0), rtol=0, atol=0)
+
+
+def test_palette_images(tmp_path: Path) -> None:
+    rgb = _u8(16, 16, 3)
+    pal = Image.fromarray(rgb).quantize(colors=16)
+    pal.save(tmp_path / "p.png")
+    expected = np.asarray(pal.convert("RGB"))
+    torch.testing.assert_close(load_image(tmp_path / "p.png"), _chw(expected, 255.0), rtol=0, atol=0)
+    gray = Image.fromarray(_u8(8, 8)).convert("P")  # a gray palette stays one channel
+    gray.save(tmp_path / "pg.png")
+    assert load_image(tmp_path / "pg.png").shape == (1, 8, 8)
+    bw = Image.fromarray(_u8(6, 5) > 127)
+    bw.save(tmp_path / "bw.png")
+    torch.testing.assert_close(load_image(tmp_path / "bw.png")[0], torch.from_numpy(np.asarray(bw, np.float32)))
+
+
+def test_truncated_and_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    for suffix, size in ((".png", 300), (".jpg", 300), (".tif", 100)):
+        full = tmp_path / f"full{suffix}"
+        arr = _u8(64, 64, 3)
+        (tifffile.imwrite(full, arr) if suffix == ".tif" else Image.fromarray(arr).save(full))
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(full.read_bytes()[:size])
+        with pytest.raises(RobustirError, match=f"cut\\{suffix}"):
+            load_image(cut)
+    arr16 = _u16(30, 30, 3)
+    save_image(_chw(arr16, 65535.0), tmp_path / "c16.png", bits=16)
+    (tmp_path / "c16cut.png").write_bytes((tmp_path / "c16.png").read_bytes()[:200])
+    with pytest.raises(RobustirError, match="c16cut.png.*truncated"):
+        load_image(tmp_path / "c16cut.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(RobustirError, match="text.png"):
+        load_image(tmp_path / "text.png")
+    with pytest.raises(RobustirError, match="missing.png.*does not exist"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_save_image_8bit_rounds_and_matches_pillow(tmp_path: Path) -> None:
+    x = torch.rand(3, 9, 11, generator=torch.Generator().manual_seed(1))
+    save_image(x.unsqueeze(0), tmp_path / "x.png")
+    expected = np.round(x.double().numpy() * 255).astype(np.uint8).transpose(1, 2, 0)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png")), expected)
+    assert float((load_image(tmp_path / "x.png") - x).abs().max()) <= 0.5 / 255 + 1e-7
+    save_image(x[:1], tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode == "L"
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.full((1, 4, 4), float("nan")), "NaN"),
+    (torch.full((3, 4, 4), 1.5), "\\[0, 1\\]"),
+    (torch.full((3, 4, 4), -0.1), "\\[0, 1\\]"),
+    (torch.zeros(2, 4, 4), "channel"),
+    (torch.zeros(4, 4), "shape"),
+    (torch.zeros(2, 3, 4, 4), "batch"),
+])
+def test_save_image_refuses_bad_values_and_leaves_nothing(tmp_path: Path, bad: torch.Tensor, match: str) -> None:
+    with pytest.raises(RobustirError, match=match):
+        save_image(bad, tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_image_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(RobustirError, match="bits must be 8 or 16"):
+        save_image(torch.zeros(1, 2, 2), tmp_path / "a.png", bits=12)
+    with pytest.raises(RobustirError, match="'.png'"):
+        save_image(torch.zeros(1, 2, 2), tmp_path / "a.jpg")
+
+
+def test_save_image_overwrite_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    save_image(torch.zeros(1, 3, 3), path)
+    with pytest.raises(RobustirError):
+        save_image(torch.full((1, 3, 3), float("inf")), path)
+    torch.testing.assert_close(load_image(path), torch.zeros(1, 3, 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def test_tensors_roundtrip_bit_exact(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    tensors = {"x_adv": torch.rand(2, 3, 8, 8, generator=g), "delta": torch.randn(2, 3, 8, 8, generator=g) * 1e-3,
+               "sigma": torch.tensor([25.0, 50.0], dtype=torch.float64), "idx": torch.arange(4)}
+    path = tmp_path / "adv.safetensors"
+    save_tensors(tensors, path, metadata={"attack": "pgd", "eps": "8/255"})
+    back = load_tensors(path)
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype
+        assert torch.equal(back[k], v)
+    assert tensors_metadata(path) == {"attack": "pgd", "eps": "8/255"}
+    # a view sharing storage with another entry is stored as its own tensor
+    base = torch.rand(4, 4, generator=g)
+    save_tensors({"a": base, "b": base[1:3]}, path)
+    assert torch.equal(load_tensors(path)["b"], base[1:3])
+
+
+def test_tensors_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(RobustirError, match="non-empty dict"):
+        save_tensors({}, tmp_path / "a.safetensors")
+    with pytest.raises(RobustirError, match="'x'"):
+        save_tensors({"x": np.zeros(3)}, tmp_path / "a.safetensors")  # type: ignore[dict-item]
+    with pytest.raises(RobustirError, match="metadata"):
+        save_tensors({"x": torch.zeros(3)}, tmp_path / "a.safetensors", metadata={"eps": 8})  # type: ignore[dict-item]
+    assert not any(tmp_path.iterdir())
+    save_tensors({"x": torch.zeros(100)}, tmp_path / "ok.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes()[:60])
+    with pytest.raises(RobustirError, match="cut.safetensors"):
+        load_tensors(tmp_path / "cut.safetensors")
+    with pytest.raises(RobustirError, match="does not exist"):
+        load_tensors(tmp_path / "none.safetensors")
+
+
+def test_image_size_reads_headers(tmp_path: Path) -> None:
+    Image.fromarray(_u8(13, 21, 3)).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", _u16(5, 7))
+    assert image_size(tmp_path / "a.png") == (13, 21)
+    assert image_size(tmp_path / "b.tif") == (5, 7)
+
+
+def test_shared_set12_loads_as_pillow_does(data_root: Path) -> None:
+    for name, hw in (("01.png", (256, 256)), ("12.png", (512, 512))):
+        path = data_root / "Set12" / name
+        x = load_image(path)
+        assert x.shape == (1, *hw)
+        torch.testing.assert_close(x[0], torch.from_numpy(np.asarray(Image.open(path), np.float32) / 255.0))
+
+
+def test_data_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROBUSTIR_DATA", str(tmp_path))
+    assert data_root() == tmp_path.resolve()
+    other = tmp_path / "other"
+    other.mkdir()
+    assert data_root(other) == other.resolve()  # --data-root beats the environment
+    with pytest.raises(RobustirError, match="--data-root"):
+        data_root(tmp_path / "nope")
+    monkeypatch.setenv("ROBUSTIR_DATA", str(tmp_path / "gone"))
+    with pytest.raises(RobustirError, match="ROBUSTIR_DATA"):
+        data_root()
+    monkeypatch.delenv("ROBUSTIR_DATA")
+    monkeypatch.chdir(tmp_path)
+    # from a cwd with no ../shared/data the repository-relative default is used, or nothing
+    found = data_root(required=False)
+    assert found is None or found.name == "data"
+    assert os.environ.get("ROBUSTIR_DATA") is None
