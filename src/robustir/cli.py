@@ -19,7 +19,7 @@ def _register_commands() -> None:
     """Attach the commands of every concept (explicit list: nothing depends on import side effects)."""
     import importlib
 
-    for module in ("robustir.data.cli",):
+    for module in ("robustir.data.cli", "robustir.experiments.cli", "robustir.report.cli"):
         mod = importlib.import_module(module)
         for command in mod.COMMANDS:
             cli.add_command(command)

@@ -1,0 +1,369 @@
+"""Executing batches of jobs: loading models and data once per process, attacking, scoring, rendering artifacts.
+
+Pure with respect to storage: `run_batch` returns results and artifact bytes; the driver decides what to write.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+
+from robustir.errors import RobustirError
+from robustir.experiments.db import JobResult
+from robustir.experiments.jobs import Item, Job, derive_seed, expand_jobs
+from robustir.experiments.spec import DataEntry, Experiment, ModelEntry
+
+
+@dataclass
+class BatchOutput:
+    """One finished job: its database rows and its artifact files (relative path -> bytes)."""
+
+    result: JobResult
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Everything a process needs to execute jobs of one experiment (models and images loaded lazily)."""
+
+    exp: Experiment
+    device: torch.device
+    items: dict[str, list[Item]]
+    jobs: list[Job]
+    fingerprints: dict[str, str]
+    config_snapshot: dict[str, Any]
+    _images: dict[str, list[Tensor]] = field(default_factory=dict)
+    _kernels: dict[str, list[Tensor] | None] = field(default_factory=dict)
+    _models: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise the named device (error if CUDA is asked for but absent)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustirError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(weights: str | None) -> Path | None:
+    """A weights reference -> file path: a path, `data:REL` (under the data root) or `shipped:NAME`."""
+    if weights is None:
+        return None
+    if weights.startswith("data:"):
+        from robustir.data import data_root
+
+        path = data_root() / weights[len("data:"):]
+    elif weights.startswith("shipped:"):
+        from robustir.train.shipped import shipped_path
+
+        path = shipped_path(weights[len("shipped:"):])
+    else:
+        path = Path(weights)
+    if not path.is_file():
+        raise RobustirError(f"weights file not found: {path} (from {weights!r})")
+    return path
+
+
+def model_fingerprint(entry: ModelEntry) -> str:
+    """Hash of a model's spec, weights checksum and noise level (part of every job key)."""
+    path = resolve_weights(entry.weights)
+    digest = None
+    if path is not None:
+        st = path.stat()
+        digest = _file_sha256(str(path), st.st_size, st.st_mtime)
+    payload = repr((entry.spec if isinstance(entry.spec, str) else sorted(dict(entry.spec).items()), digest,
+                    entry.sigma))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_model(entry: ModelEntry, device: torch.device) -> Any:
+    """Build, load and wrap a model in the uniform restorer call, frozen in eval mode on `device`."""
+    from robustir.models import build, restorer
+
+    spec = entry.spec
+    path = resolve_weights(entry.weights)
+    if entry.weights is not None and entry.weights.startswith("shipped:") and isinstance(spec, str) and spec == "shipped":
+        from robustir.train.shipped import load_shipped
+
+        net = load_shipped(entry.weights[len("shipped:"):])
+    else:
+        net = build(spec)
+        if path is not None:
+            from robustir.models.weights import load_weights
+
+            load_weights(net, path)
+    model = restorer(net).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if model.needs_sigma and entry.sigma is None:
+        raise RobustirError(f"models.{entry.id}: {model.name} is a non-blind denoiser; give it `sigma:` (0-255)")
+    return model
+
+
+def _to_channels(x: Tensor, channels: int | None) -> Tensor:
+    """Convert (C,H,W) between gray and RGB (ITU-R BT.601 luma for RGB -> gray)."""
+    if channels is None or x.shape[0] == channels:
+        return x
+    if channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)
+        return (x[:3] * w).sum(0, keepdim=True)
+    return x[:1].expand(3, -1, -1).clone()
+
+
+def preprocess(x: Tensor, data: DataEntry) -> Tensor:
+    """Channels, resize (shorter side, antialiased bicubic) and centre crop, as the dataset entry says."""
+    x = _to_channels(x, data.channels)
+    if data.resize is not None:
+        h, w = x.shape[-2:]
+        scale = data.resize / min(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+    if data.crop is not None:
+        h, w = x.shape[-2:]
+        if h < data.crop or w < data.crop:
+            raise RobustirError(f"data.{data.id}: crop {data.crop} is larger than an image of size {h}x{w}")
+        top, left = (h - data.crop) // 2, (w - data.crop) // 2
+        x = x[:, top:top + data.crop, left:left + data.crop]
+    return x.contiguous()
+
+
+def _load_kernels(spec: str | None, seed: int) -> list[Tensor] | None:
+    """Kernel spec -> list of (kh, kw) kernels: levin[:i,j], kernels12[:i], motion:COUNT:SIZE, or a file/folder."""
+    if spec is None:
+        return None
+    from robustir.degradations import levin_kernels, load_kernels, motion_kernel
+
+    name, _, sel = spec.partition(":")
+    if name == "levin":
+        ks = levin_kernels()
+    elif name == "kernels12":
+        from robustir.data import data_root
+
+        ks = load_kernels(data_root() / "kernels" / "kernels_12.mat")
+    elif name == "motion":
+        count, _, size = sel.partition(":")
+        g = torch.Generator().manual_seed(derive_seed(seed, "motion-kernels"))
+        return [motion_kernel(int(size or 25), intensity=0.5, generator=g) for _ in range(int(count or 1))]
+    else:
+        path = Path(spec)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".npy", ".mat")) if path.is_dir() \
+            else [path]
+        ks = [k for f in files for k in load_kernels(f)]
+        sel = ""
+    if sel and sel != "all":
+        try:
+            idx = [int(s) - 1 for s in sel.split(",")]
+            ks = [ks[i] for i in idx]
+        except (ValueError, IndexError):
+            raise RobustirError(f"kernel selection {spec!r}: expected 1-based indices up to {len(ks)}") from None
+    return ks
+
+
+def load_dataset_images(data: DataEntry) -> list[tuple[str, Tensor]]:
+    """The dataset's clean images (name, (C,H,W)), preprocessed, in a stable order, limited to `limit`."""
+    from robustir.data import load_image, resolve_dataset
+
+    paths = resolve_dataset(data.source)
+    if data.limit is not None:
+        paths = paths[:data.limit]
+    if not paths:
+        raise RobustirError(f"data.{data.id}: no images found in {data.source!r}")
+    return [(Path(p).stem, preprocess(load_image(p), data)) for p in paths]
+
+
+def prepare(exp: Experiment) -> Context:
+    """Load data descriptors, fingerprint models, and expand the job list (models are loaded lazily)."""
+    device = resolve_device(exp.device)
+    fingerprints = {m.id: model_fingerprint(m) for m in exp.models}
+    items: dict[str, list[Item]] = {}
+    images: dict[str, list[Tensor]] = {}
+    kernels: dict[str, list[Tensor] | None] = {}
+    for data in exp.data:
+        imgs = load_dataset_images(data)
+        ks = _load_kernels(data.degradation.kernels, exp.seed)
+        images[data.id] = [x for _, x in imgs]
+        kernels[data.id] = ks
+        items[data.id] = [
+            Item(data.id, i, name, j, tuple(x.shape), None if ks is None else tuple(ks[j].shape))
+            for i, (name, x) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
+        ]
+    jobs = expand_jobs(exp, items, fingerprints, target_of=cyclic_target)
+    snapshot = {"name": exp.name, "fingerprint": exp.fingerprint(), "seed": exp.seed, "paper": exp.paper,
+                "description": exp.description,
+                "models": {m.id: {"spec": m.spec, "weights": m.weights, "sigma": m.sigma, "label": m.label or m.id,
+                                  "fingerprint": fingerprints[m.id]} for m in exp.models},
+                "data": {d.id: {"source": d.source, "label": d.label or d.id, "items": len(items[d.id]),
+                                "noise_sigma": d.degradation.noise_sigma, "kernels": d.degradation.kernels}
+                         for d in exp.data},
+                "attacks": {a.id: {"preset": a.preset, "params": dict(a.params), "reference": a.reference,
+                                   "label": a.label or a.id} for a in exp.attacks},
+                "transfer": [{"source": t.source, "targets": list(t.targets)} for t in exp.transfer],
+                "metrics": list(exp.metrics), "jobs": len(jobs)}
+    ctx = Context(exp, device, items, jobs, fingerprints, snapshot)
+    ctx._images, ctx._kernels = images, kernels
+    return ctx
+
+
+def cyclic_target(item: Item, items: Sequence[Item]) -> int:
+    """Index of the target for a targeted attack: the next image of the same dataset with the same kernel/shape."""
+    same = [i for i, it in enumerate(items) if it.kernel_index == item.kernel_index and it.shape == item.shape]
+    pos = next(k for k, i in enumerate(same) if items[i] == item)
+    return same[(pos + 1) % len(same)]
+
+
+def observation(ctx: Context, item: Item) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(clean x, degraded y, kernel) for an item; the noise derives from the experiment seed and the item only."""
+    from robustir.degradations import add_gaussian_noise, blur
+
+    data = next(d for d in ctx.exp.data if d.id == item.dataset)
+    x = ctx._images[item.dataset][item.image_index][None]
+    kernel = None
+    y = x
+    if item.kernel_index is not None:
+        kernel = ctx._kernels[item.dataset][item.kernel_index]
+        y = blur(y, kernel, boundary=data.degradation.boundary)
+    if data.degradation.noise_sigma > 0:
+        g = torch.Generator().manual_seed(derive_seed(ctx.exp.seed, "noise", item.dataset, item.name))
+        y = add_gaussian_noise(y, data.degradation.noise_sigma, generator=g, clip=data.degradation.clip)
+    return x, y, kernel
+
+
+def _model(ctx: Context, model_id: str) -> Any:
+    if model_id not in ctx._models:
+        entry = next(m for m in ctx.exp.models if m.id == model_id)
+        ctx._models[model_id] = load_model(entry, ctx.device)
+    return ctx._models[model_id]
+
+
+def _cond(ctx: Context, model_id: str, kernels: Tensor | None) -> dict[str, Any]:
+    """The model's extra inputs: noise level for non-blind denoisers, kernels for non-blind deblurrers."""
+    model = _model(ctx, model_id)
+    entry = next(m for m in ctx.exp.models if m.id == model_id)
+    cond: dict[str, Any] = {}
+    if model.needs_sigma:
+        cond["sigma"] = float(entry.sigma) / 255.0
+    if model.needs_kernel:
+        if kernels is None:
+            raise RobustirError(f"models.{model_id} is a non-blind deblurrer but its dataset has no kernels")
+        cond["kernel"] = kernels
+    return cond
+
+
+def _png(x: Tensor) -> bytes:
+    """PNG bytes of a (C,H,W) image in [0,1] (8 bit)."""
+    arr = (x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy())
+    arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _scores(ctx: Context, out: Tensor, ref: Tensor) -> dict[str, Tensor]:
+    from robustir import metrics as M
+
+    out = out.clamp(0, 1)
+    if ctx.exp.quantize:
+        out = out.mul(255).round().div(255)
+    fns = {"psnr": M.psnr, "ssim": M.ssim, "mae": M.mae, "ncc": M.ncc}
+    return {name: fns[name](out, ref) for name in ctx.exp.metrics}
+
+
+def run_batch(ctx: Context, jobs: Sequence[Job]) -> list[BatchOutput]:
+    """Attack one batch of compatible jobs and score them on every evaluation model."""
+    from robustir.attacks import preset
+
+    t0 = time.perf_counter()
+    exp = ctx.exp
+    first = jobs[0]
+    attack_entry = next(a for a in exp.attacks if a.id == first.attack)
+    obs = [observation(ctx, j.item) for j in jobs]
+    x = torch.cat([o[0] for o in obs]).to(ctx.device)
+    y = torch.cat([o[1] for o in obs]).to(ctx.device)
+    kernels = None
+    if obs[0][2] is not None:
+        kernels = torch.stack([o[2] for o in obs])[:, None].to(ctx.device)
+    target = None
+    if attack_entry.reference == "target":
+        images = ctx._images[first.item.dataset]
+        target = torch.stack([images[ctx.items[first.item.dataset][j.target_index].image_index]
+                              for j in jobs]).to(ctx.device)
+    model = _model(ctx, first.model)
+    cond = _cond(ctx, first.model, kernels)
+    params = {k: v for k, v in first.params.items() if k != "eps"}
+    if "eps" in first.params:
+        params["eps"] = torch.tensor([float(j.params["eps"]) for j in jobs], device=ctx.device)
+    generators = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
+    attack = preset(attack_entry.preset, **params)
+    with torch.no_grad():
+        clean_out = model(y, **cond)
+    ref = {"gt": x, "clean_output": clean_out, "target": None}[attack_entry.reference]
+    result = attack(model, y, ref=ref, target=target, cond=cond, generator=generators)
+    y_adv = result.x_adv.detach()
+    attack_seconds = time.perf_counter() - t0
+    per_eval: dict[str, tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None,
+                              dict[str, Tensor] | None]] = {}
+    restored: dict[str, tuple[Tensor, Tensor]] = {}
+    with torch.no_grad():
+        for mid in first.eval_models:
+            m = _model(ctx, mid)
+            c = _cond(ctx, mid, kernels)
+            clean_o = clean_out if mid == first.model else m(y, **c)
+            adv_o = m(y_adv, **c)
+            restored[mid] = (clean_o, adv_o)
+            tgt_scores = None if target is None else (_scores(ctx, clean_o, target), _scores(ctx, adv_o, target))
+            per_eval[mid] = (_scores(ctx, clean_o, x), _scores(ctx, adv_o, x),
+                             *(tgt_scores or (None, None)))
+    seconds = (time.perf_counter() - t0) / len(jobs)
+    history = result.loss_history.detach().float().cpu()
+    outputs = []
+    for n, job in enumerate(jobs):
+        rows = []
+        for mid, (sc, sa, tc, ta) in per_eval.items():
+            for name in exp.metrics:
+                rows.append((mid, name, float(sc[name][n]), float(sa[name][n])))
+                if tc is not None:
+                    rows.append((mid, f"{name}@target", float(tc[name][n]), float(ta[name][n])))
+        files: dict[str, bytes] = {}
+        artifacts: dict[str, str] = {}
+        if job.item.image_index < exp.save_artifacts:
+            base = f"artifacts/{job.key}"
+            delta = (y_adv[n] - y[n]).cpu()
+            eps = float(job.params.get("eps", delta.abs().max().item() or 1.0))
+            clean_o, adv_o = restored[first.model]
+            pngs = {"input": y[n], "adversarial": y_adv[n], "restored_clean": clean_o[n],
+                    "restored_adversarial": adv_o[n], "perturbation": 0.5 + delta / (2 * max(eps, 1e-12)),
+                    "reference": x[n]}
+            for name, img in pngs.items():
+                files[f"{base}/{name}.png"] = _png(img.cpu())
+                artifacts[name] = f"{base}/{name}.png"
+            files[f"{base}/tensors.safetensors"] = safetensors_bytes(
+                {"y": y[n].cpu().contiguous(), "y_adv": y_adv[n].cpu().contiguous(), "x": x[n].cpu().contiguous()})
+            artifacts["tensors"] = f"{base}/tensors.safetensors"
+        res = JobResult(job.key, job.model, job.item.dataset, job.item.name, job.attack, dict(job.params), job.seed,
+                        seconds, rows, history[:, n].tolist(), artifacts)
+        res.attack_seconds = attack_seconds / len(jobs)  # type: ignore[attr-defined]
+        outputs.append(BatchOutput(res, files))
+    return outputs

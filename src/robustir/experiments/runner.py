@@ -1,0 +1,142 @@
+"""Running an experiment: expand jobs, skip finished ones, execute batches (local or Ray), record results.
+
+Only the driver writes: artifacts first (atomically, at paths derived from the job key), then the job's rows in one
+database transaction. A kill at any moment loses at most the batches in flight; re-running recomputes exactly those
+(batches are planned from the full job list, so their contents never depend on what had finished).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import robustir
+from robustir.data.atomic import atomic_write_bytes, atomic_write_text
+from robustir.errors import RobustirError
+from robustir.experiments.db import DB_NAME, ResultsDB
+from robustir.experiments.execute import BatchOutput, Context, prepare, run_batch
+from robustir.experiments.jobs import Job, plan_batches
+from robustir.experiments.spec import Experiment
+
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    output: Path
+    total_jobs: int
+    skipped: int
+    executed: int
+    seconds: float
+    compute_seconds: float
+
+
+def _check_output(exp: Experiment, force: bool) -> None:
+    """Refuse an output folder holding another experiment's results (unless `force`, which clears it)."""
+    db_path = exp.output / DB_NAME
+    if not db_path.exists():
+        return
+    with ResultsDB(db_path) as db:
+        existing = db.get_meta("fingerprint")
+        other_name = db.get_meta("experiment")
+    if existing == exp.fingerprint():
+        return
+    if not force:
+        raise RobustirError(f"output folder {exp.output} holds results of a different experiment "
+                            f"({other_name!r}, fingerprint {existing}); use another output folder or --force to "
+                            f"discard them")
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+        (exp.output / name).unlink(missing_ok=True)
+    shutil.rmtree(exp.output / "artifacts", ignore_errors=True)
+
+
+def _write_outputs(out_dir: Path, db: ResultsDB, outputs: Sequence[BatchOutput]) -> int:
+    """Write artifacts atomically, then each job's rows in its own transaction; returns the number of new jobs."""
+    done = db.finished_keys()
+    new = 0
+    for out in outputs:
+        if out.result.job_key in done:
+            continue
+        for rel, payload in out.files.items():
+            atomic_write_bytes(out_dir / rel, payload)
+        new += db.write_job(out.result)
+    return new
+
+
+def _local_batches(ctx: Context, batches: Sequence[Sequence[Job]]) -> Iterator[list[BatchOutput]]:
+    for batch in batches:
+        yield run_batch(ctx, batch)
+
+
+def _ray_batches(exp: Experiment, batches: Sequence[Sequence[Job]], address: str | None) -> Iterator[list[BatchOutput]]:
+    """Run batches as Ray tasks; results come back to the driver in completion order."""
+    try:
+        import ray
+    except ImportError:
+        raise RobustirError("the ray backend needs Ray: pip install 'robustir[ray]'") from None
+    from robustir.experiments.ray_backend import remote_run_batch
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        task = remote_run_batch(ray)
+        exp_ref = ray.put(exp)
+        pending = [task.remote(exp_ref, list(b)) for b in batches]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(ready[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_experiment(exp: Experiment, *, backend: str = "local", address: str | None = None, force: bool = False,
+                   progress: bool = True, max_batches: int | None = None) -> RunSummary:
+    """Run (or resume) an experiment into its output folder and return a summary.
+
+    Args:
+        exp: the validated experiment.
+        backend: 'local' (in-process) or 'ray'.
+        address: Ray cluster address (None starts a local instance).
+        force: discard results of a different experiment found in the output folder.
+        progress: show a progress bar.
+        max_batches: stop after this many batches (for tests and partial runs).
+    """
+    if backend not in ("local", "ray"):
+        raise RobustirError(f"backend must be 'local' or 'ray', got {backend!r}")
+    t0 = time.perf_counter()
+    exp.output.mkdir(parents=True, exist_ok=True)
+    _check_output(exp, force)
+    ctx = prepare(exp)
+    jobs = ctx.jobs
+    with ResultsDB(exp.output / DB_NAME) as db:
+        db.set_meta({"fingerprint": exp.fingerprint(), "experiment": exp.name, "code_version": robustir.__version__,
+                     "paper": exp.paper or "", "config": json.dumps(ctx.config_snapshot, sort_keys=True,
+                                                                    default=str)})
+        finished = db.finished_keys()
+        batches = [b for b in plan_batches(jobs, exp.batch_size) if any(j.key not in finished for j in b)]
+        if max_batches is not None:
+            batches = batches[:max_batches]
+        skipped = sum(j.key in finished for j in jobs)
+        pending_jobs = sum(len(b) for b in batches)
+        executed = 0
+        compute = 0.0
+        bar = tqdm(total=pending_jobs, desc=exp.name, unit="job", disable=not progress, dynamic_ncols=True)
+        source = (_local_batches(ctx, batches) if backend == "local" else _ray_batches(exp, batches, address))
+        try:
+            for outputs in source:
+                executed += _write_outputs(exp.output, db, outputs)
+                compute += sum(o.result.seconds for o in outputs)
+                bar.update(len(outputs))
+        finally:
+            bar.close()
+    atomic_write_text(exp.output / "experiment.json", json.dumps(ctx.config_snapshot, indent=2, default=str))
+    return RunSummary(exp.output, len(jobs), skipped, executed, time.perf_counter() - t0, compute)
