@@ -6,6 +6,8 @@ from robustir.models.restorer import Restorer, pad_to_multiple, restorer, sigma_
 
 # Every model file is imported here by name, so registration never depends on import side effects elsewhere.
 # (Model files are added below as they land.)
+from robustir.models import nafnet  # noqa: F401,E402
+from robustir.models import restormer  # noqa: F401,E402
 
 __all__ = ["CallConvention", "ModelInfo", "Restorer", "build", "get_model_info", "list_models", "list_presets",
            "pad_to_multiple", "register_model", "register_preset", "resolve_spec", "restorer", "sigma_map",
