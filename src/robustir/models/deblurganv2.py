@@ -1,0 +1,256 @@
+"""DeblurGANv2 generator (Kupyn et al., ICCV 2019): FPN over a MobileNetV2 backbone (`fpn_mobilenet`).
+
+Equivalent to `VITA-Group/DeblurGANv2` `models/fpn_mobilenet.py` (class `FPNMobileNet`) with its own
+`models/mobilenet_v2.py` backbone: same parameter names (including the `fpn.enc0..enc4` aliases of `fpn.features`
+that the released checkpoints list), same [-1,1] input range, output `clamp(tanh(final) + x, -1, 1)`.
+
+The Inception-ResNet-v2 variant (`FPNInception`) is NOT provided: its backbone comes from the third-party
+`pretrainedmodels` package and is built with an ImageNet download at construction (55.8M backbone parameters).
+
+Norm statistics: the official `predict.py` runs the generator in TRAIN mode, one image per batch ("to use actual
+stats in norm layers"); `norm_stats="per_image"` reproduces that for any batch size without touching the running
+buffers, while `"running"` (default) is ordinary PyTorch behaviour (running statistics in eval mode).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustir.errors import RobustirError
+from robustir.models.registry import CallConvention, register_model, register_preset
+
+_NORM_STATS = ("running", "per_image")
+
+
+class _PerImageMixin:
+    """Norm layers that can normalise each image with its own spatial statistics (as batch-of-one train mode)."""
+
+    per_image: bool = False
+
+    def _per_image(self, x: Tensor) -> Tensor:
+        return F.instance_norm(x, weight=getattr(self, "weight", None), bias=getattr(self, "bias", None),
+                               use_input_stats=True, eps=self.eps)  # type: ignore[attr-defined]
+
+
+class BatchNorm2d(_PerImageMixin, nn.BatchNorm2d):
+    """`nn.BatchNorm2d` with the optional per-image statistics switch."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise (running/batch statistics, or per-image ones when `per_image`)."""
+        return self._per_image(x) if self.per_image else super().forward(x)
+
+
+class InstanceNorm2d(_PerImageMixin, nn.InstanceNorm2d):
+    """`nn.InstanceNorm2d(affine=False, track_running_stats=True)` (the official 'instance' norm) with the switch."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise (running statistics in eval mode, per-image ones when training or `per_image`)."""
+        return self._per_image(x) if self.per_image else super().forward(x)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """The official `get_norm_layer(kind)(channels)`."""
+    if kind == "instance":
+        return InstanceNorm2d(channels, affine=False, track_running_stats=True)
+    if kind == "batch":
+        return BatchNorm2d(channels, affine=True)
+    raise RobustirError(f"FPNMobileNet: norm_layer must be 'instance' or 'batch', got {kind!r}")
+
+
+def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), BatchNorm2d(oup), nn.ReLU6(inplace=True))
+
+
+def _conv_1x1_bn(inp: int, oup: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, oup, 1, 1, 0, bias=False), BatchNorm2d(oup), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: (1x1 expand) -> 3x3 depthwise -> 1x1 linear projection, residual when shapes allow."""
+
+    def __init__(self, *, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = round(inp * expand_ratio)
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers += [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), BatchNorm2d(hidden),
+                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block."""
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+# (expand ratio t, output channels c, repeats n, first stride s) of MobileNetV2
+_MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                 (6, 320, 1, 1))
+
+
+def mobilenet_v2_features(width_mult: float = 1.0, last_channel: int | None = None) -> nn.Sequential:
+    """The 19 `features` of DeblurGANv2's MobileNetV2 (stem, 17 inverted residuals, final 1x1 conv)."""
+    cin = int(32 * width_mult)
+    if last_channel is None:
+        # official: 1280, scaled only above width 1; below 1 we halve-scale it as the parity fixture did (80 at
+        # 0.125). The layer is registered but never used by the FPN, so this only fixes state-dict shapes.
+        last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280 if width_mult == 1.0 \
+            else int(640 * width_mult)
+    layers: list[nn.Module] = [_conv_bn(3, cin, 2)]
+    for t, c, n, s in _MOBILENET_V2:
+        cout = int(c * width_mult)
+        for i in range(n):
+            layers.append(InvertedResidual(inp=cin, oup=cout, stride=s if i == 0 else 1, expand_ratio=t))
+            cin = cout
+    layers.append(_conv_1x1_bn(cin, last_channel))
+    return nn.Sequential(*layers)
+
+
+class FPNHead(nn.Module):
+    """Two bias-free 3x3 conv + ReLU layers."""
+
+    def __init__(self, *, num_in: int, num_mid: int, num_out: int) -> None:
+        super().__init__()
+        self.block0 = nn.Conv2d(num_in, num_mid, kernel_size=3, padding=1, bias=False)
+        self.block1 = nn.Conv2d(num_mid, num_out, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the head."""
+        return F.relu(self.block1(F.relu(self.block0(x))))
+
+
+def _td(num_filters: int, norm_layer: str) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(num_filters, num_filters, kernel_size=3, padding=1), _norm(norm_layer, num_filters),
+                         nn.ReLU(inplace=True))
+
+
+class FPN(nn.Module):
+    """MobileNetV2 feature pyramid: five encoder stages, lateral 1x1 convs and a top-down pathway."""
+
+    def __init__(self, *, num_filters: int, norm_layer: str, width_mult: float, last_channel: int | None) -> None:
+        super().__init__()
+        self.features = mobilenet_v2_features(width_mult, last_channel)
+        # aliases of slices of `features` (the official code registers them, so checkpoints list both names)
+        self.enc0 = nn.Sequential(*self.features[0:2])
+        self.enc1 = nn.Sequential(*self.features[2:4])
+        self.enc2 = nn.Sequential(*self.features[4:7])
+        self.enc3 = nn.Sequential(*self.features[7:11])
+        self.enc4 = nn.Sequential(*self.features[11:16])
+        self.td1 = _td(num_filters, norm_layer)
+        self.td2 = _td(num_filters, norm_layer)
+        self.td3 = _td(num_filters, norm_layer)
+        lat = [int(c * width_mult) for c in (160, 64, 32, 24, 16)]
+        self.lateral4 = nn.Conv2d(lat[0], num_filters, kernel_size=1, bias=False)
+        self.lateral3 = nn.Conv2d(lat[1], num_filters, kernel_size=1, bias=False)
+        self.lateral2 = nn.Conv2d(lat[2], num_filters, kernel_size=1, bias=False)
+        self.lateral1 = nn.Conv2d(lat[3], num_filters, kernel_size=1, bias=False)
+        self.lateral0 = nn.Conv2d(lat[4], num_filters // 2, kernel_size=1, bias=False)
+
+    def unfreeze(self) -> None:
+        """Make the backbone trainable (the official trainer freezes it for the first epochs)."""
+        self.features.requires_grad_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Return (lateral0 at 1/2, map1 at 1/4, map2 at 1/8, map3 at 1/16, map4 at 1/32)."""
+        enc0 = self.enc0(x)
+        enc1 = self.enc1(enc0)
+        enc2 = self.enc2(enc1)
+        enc3 = self.enc3(enc2)
+        enc4 = self.enc4(enc3)
+        map4 = self.lateral4(enc4)
+        map3 = self.td1(self.lateral3(enc3) + F.interpolate(map4, scale_factor=2, mode="nearest"))
+        map2 = self.td2(self.lateral2(enc2) + F.interpolate(map3, scale_factor=2, mode="nearest"))
+        map1 = self.td3(self.lateral1(enc1) + F.interpolate(map2, scale_factor=2, mode="nearest"))
+        return self.lateral0(enc0), map1, map2, map3, map4
+
+
+def _deblurgan_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tensor | None) -> Tensor:
+    """predict.py's pipeline on [0,1] input: map to [-1,1], zero-pad bottom/right to ((h//32)+1)*32, run, map back."""
+    h, w = y.shape[-2:]
+    x = y * 2 - 1
+    x = F.pad(x, (0, (w // 32 + 1) * 32 - w, 0, (h // 32 + 1) * 32 - h))
+    return (net(x) + 1) / 2  # the restorer crops to (h, w)
+
+
+@register_model("FPNMobileNet", task="deblur",
+                description="DeblurGANv2 generator, FPN + MobileNetV2 (ICCV 2019); [-1,1] images, blind",
+                call=CallConvention(adapter=_deblurgan_adapter))
+class FPNMobileNet(nn.Module):
+    """DeblurGANv2 FPN-MobileNetV2 generator (Kupyn et al., ICCV 2019; official `VITA-Group/DeblurGANv2`).
+
+    Args:
+        norm_layer: 'instance' (InstanceNorm2d, affine False, running stats tracked: the released model) or 'batch'.
+        output_ch, num_filters, num_filters_fpn: official options (released: 3, 64, 128).
+        width_mult: MobileNetV2 width (official 1.0, hard-coded); also scales the lateral convs' input widths.
+        last_channel: width of the unused final backbone conv (default: official rule, see `mobilenet_v2_features`).
+        pretrained: must be False: nothing is downloaded; load released weights with `load_weights`.
+        norm_stats: 'running' (PyTorch default behaviour) or 'per_image' (the official predict.py train-mode
+            inference, per image, without updating running buffers).
+
+    `forward(x)`: x `(N, 3, H, W)` in [-1,1], H and W multiples of 32; returns `clamp(tanh(final) + x, -1, 1)`.
+    """
+
+    def __init__(self, *, norm_layer: str = "instance", output_ch: int = 3, num_filters: int = 64,
+                 num_filters_fpn: int = 128, width_mult: float = 1.0, last_channel: int | None = None,
+                 pretrained: bool = False, norm_stats: str = "running") -> None:
+        super().__init__()
+        if pretrained:
+            raise RobustirError("FPNMobileNet: pretrained=True would load ImageNet backbone weights; robustir never "
+                                "downloads. Build with pretrained=False and load a checkpoint with load_weights()")
+        if output_ch != 3:
+            raise RobustirError(f"FPNMobileNet: output_ch must be 3 (the output is added to the RGB input), "
+                                f"got {output_ch}")
+        if int(16 * width_mult) < 1:
+            raise RobustirError(f"FPNMobileNet: width_mult={width_mult} leaves a backbone stage with no channels")
+        self.fpn = FPN(num_filters=num_filters_fpn, norm_layer=norm_layer, width_mult=width_mult,
+                       last_channel=last_channel)
+        for i in (1, 2, 3, 4):
+            setattr(self, f"head{i}", FPNHead(num_in=num_filters_fpn, num_mid=num_filters, num_out=num_filters))
+        self.smooth = nn.Sequential(nn.Conv2d(4 * num_filters, num_filters, kernel_size=3, padding=1),
+                                    _norm(norm_layer, num_filters), nn.ReLU())
+        self.smooth2 = nn.Sequential(nn.Conv2d(num_filters, num_filters // 2, kernel_size=3, padding=1),
+                                     _norm(norm_layer, num_filters // 2), nn.ReLU())
+        self.final = nn.Conv2d(num_filters // 2, output_ch, kernel_size=3, padding=1)
+        self.set_norm_stats(norm_stats)
+
+    def set_norm_stats(self, mode: str) -> None:
+        """Choose 'running' (ordinary train/eval behaviour) or 'per_image' (predict.py's train-mode inference)."""
+        if mode not in _NORM_STATS:
+            raise RobustirError(f"FPNMobileNet: norm_stats must be one of {_NORM_STATS}, got {mode!r}")
+        self.norm_stats = mode
+        for m in self.modules():
+            if isinstance(m, _PerImageMixin):
+                m.per_image = mode == "per_image"
+
+    def unfreeze(self) -> None:
+        """Make the backbone trainable (official method name)."""
+        self.fpn.unfreeze()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Deblur `(N, 3, H, W)` in [-1,1] with H, W multiples of 32."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise RobustirError(f"FPNMobileNet: input must be (N, 3, H, W) in [-1,1], got {tuple(x.shape)}")
+        if x.shape[2] % 32 or x.shape[3] % 32:
+            raise RobustirError(f"FPNMobileNet: H and W must be multiples of 32, got {x.shape[2]}x{x.shape[3]} "
+                                f"(use robustir.models.restorer, which pads like predict.py)")
+        map0, map1, map2, map3, map4 = self.fpn(x)
+        map4 = F.interpolate(self.head4(map4), scale_factor=8, mode="nearest")
+        map3 = F.interpolate(self.head3(map3), scale_factor=4, mode="nearest")
+        map2 = F.interpolate(self.head2(map2), scale_factor=2, mode="nearest")
+        map1 = self.head1(map1)
+        smoothed = self.smooth(torch.cat([map4, map3, map2, map1], dim=1))
+        smoothed = self.smooth2(F.interpolate(smoothed, scale_factor=2, mode="nearest") + map0)
+        final = self.final(F.interpolate(smoothed, scale_factor=2, mode="nearest"))
+        return torch.clamp(torch.tanh(final) + x, min=-1, max=1)
+
+
+register_preset("deblurganv2-fpn-mobilenet", {"type": "FPNMobileNet"},
+                "DeblurGANv2 FPN-MobileNetV2 generator as released (fpn_mobilenet.h5; 3,312,707 parameters)")
+register_preset("deblurganv2-fpn-mobilenet-predict", {"type": "FPNMobileNet", "norm_stats": "per_image"},
+                "DeblurGANv2 FPN-MobileNetV2 with predict.py's train-mode (per-image) norm statistics")
+register_preset("deblurganv2-fpn-mobilenet-small", {"type": "FPNMobileNet", "num_filters": 16,
+                                                    "num_filters_fpn": 32, "width_mult": 0.5},
+                "DeblurGANv2 FPN-MobileNetV2 at half backbone width and 1/4 head width: trainable on CPU")
