@@ -6,6 +6,10 @@ from robustir.models.restorer import Restorer, pad_to_multiple, restorer, sigma_
 
 # Every model file is imported here by name, so registration never depends on import side effects elsewhere.
 # (Model files are added below as they land.)
+from robustir.models import mprnet  # noqa: F401,E402
+from robustir.models import deblurganv2  # noqa: F401,E402
+from robustir.models import dwdn  # noqa: F401,E402
+from robustir.models import rgdn  # noqa: F401,E402
 from robustir.models import nafnet  # noqa: F401,E402
 from robustir.models import restormer  # noqa: F401,E402
 
