@@ -1,4 +1,4 @@
-"""MPRNet, DeblurGANv2 (FPN-MobileNetV2), DWDN and RGDN: official parity, published shapes, kernel conventions, errors."""
+"""MPRNet, DeblurGANv2 (FPN-MobileNet), DWDN, RGDN: official parity, published shapes, kernel conventions, errors."""
 
 from __future__ import annotations
 

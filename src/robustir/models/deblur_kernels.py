@@ -15,7 +15,7 @@ from robustir.errors import RobustirError
 
 
 def batch_kernels(kernel: object, y: Tensor, name: str) -> Tensor:
-    """Validate a `(kh, kw)`, `(1, 1, kh, kw)` or `(N, 1, kh, kw)` blur kernel for the batch `y`; return `(N, 1, kh, kw)`.
+    """Validate a `(kh, kw)`, `(1, 1, kh, kw)` or `(N, 1, kh, kw)` blur kernel for the batch `y`; return `(N,1,kh,kw)`.
 
     Shapes are parsed as `robustir.degradations.blur` parses them; a kernel larger than the image is rejected.
     """

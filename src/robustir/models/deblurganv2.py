@@ -177,7 +177,8 @@ def _deblurgan_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: 
 
 @register_model("FPNMobileNet", task="deblur",
                 description="DeblurGANv2 generator, FPN + MobileNetV2 (ICCV 2019); [-1,1] images, blind",
-                call=CallConvention(adapter=_deblurgan_adapter))
+                call=CallConvention(adapter=_deblurgan_adapter),
+                test_spec={"type": "FPNMobileNet", "num_filters": 8, "num_filters_fpn": 16, "width_mult": 0.25})
 class FPNMobileNet(nn.Module):
     """DeblurGANv2 FPN-MobileNetV2 generator (Kupyn et al., ICCV 2019; official `VITA-Group/DeblurGANv2`).
 

@@ -131,8 +131,9 @@ def _dwdn_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tenso
 
 
 @register_model("DWDN", task="deblur",
-                description="DWDN (NeurIPS 2020) deep Wiener deconvolution, non-blind; forward(x, kernel) -> [half, full]",
-                call=CallConvention(needs_kernel=True, adapter=_dwdn_adapter, select=-1))
+                description="DWDN (NeurIPS 2020) deep Wiener deconvolution, non-blind; (x, kernel) -> [half, full]",
+                call=CallConvention(needs_kernel=True, adapter=_dwdn_adapter, select=-1),
+                test_spec={"type": "DWDN", "n_feats1": 4, "n_feats": 4})
 class DWDN(nn.Module):
     """Deep Wiener Deconvolution Network (Dong, Roth, Schiele, NeurIPS 2020; official `dongjxjx/dwdn`, `DEBLUR`).
 

@@ -199,7 +199,9 @@ class ORSNet(nn.Module):
 
 @register_model("MPRNet", task="deblur",
                 description="MPRNet (CVPR 2021) multi-stage progressive deblurring; outputs [final, stage2, stage1]",
-                call=CallConvention(pad_multiple=8, pad_mode="reflect", select=0))
+                call=CallConvention(pad_multiple=8, pad_mode="reflect", select=0),
+                test_spec={"type": "MPRNet", "n_feat": 8, "scale_unetfeats": 4, "scale_orsnetfeats": 4, "num_cab": 1,
+                           "reduction": 2})
 class MPRNet(nn.Module):
     """MPRNet, deblurring variant (Zamir et al., CVPR 2021; official `swz30/MPRNet` `Deblurring/MPRNet.py`).
 

@@ -62,8 +62,9 @@ def _rgdn_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tenso
 
 
 @register_model("RGDN", task="deblur",
-                description="RGDN (TNNLS 2020) learned recurrent gradient descent, non-blind; forward(y, k, kt) -> steps",
-                call=CallConvention(needs_kernel=True, adapter=_rgdn_adapter, select=-1))
+                description="RGDN (TNNLS 2020) learned recurrent gradient descent, non-blind; (y, k, kt) -> steps",
+                call=CallConvention(needs_kernel=True, adapter=_rgdn_adapter, select=-1),
+                test_spec={"type": "RGDN", "n_feature_2": 6, "num_steps": 2})
 class RGDN(nn.Module):
     """Recurrent gradient descent network (official `donggong1/learn-optimizer-rgdn`, class `OptimizerRGDN`).
 
