@@ -10,6 +10,11 @@ from robustir.models import mprnet  # noqa: F401,E402
 from robustir.models import deblurganv2  # noqa: F401,E402
 from robustir.models import dwdn  # noqa: F401,E402
 from robustir.models import rgdn  # noqa: F401,E402
+from robustir.models import ecndnet  # noqa: F401,E402
+from robustir.models import rddcnn  # noqa: F401,E402
+from robustir.models import deamnet  # noqa: F401,E402
+from robustir.models import swinir  # noqa: F401,E402
+from robustir.models import ctnet  # noqa: F401,E402
 from robustir.models import nafnet  # noqa: F401,E402
 from robustir.models import restormer  # noqa: F401,E402
 
