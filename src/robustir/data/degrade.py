@@ -71,8 +71,7 @@ def blur_noise(kernel: Tensor, sigma: float = 0.0, *, boundary: str = "circular"
 def motion_blur_noise(size: int, *, intensity: float = 0.5, sigma: float = 0.0, boundary: str = "circular",
                       clip: bool = False) -> DegradeFn:
     """A fresh random camera-shake kernel per item (`robustir.degradations.motion_kernel`), blur, then noise."""
-    from robustir.degradations import add_gaussian_noise, blur
-    from robustir.degradations.kernels import motion_kernel
+    from robustir.degradations import add_gaussian_noise, blur, motion_kernel
 
     s = check_positive(sigma, "sigma", allow_zero=True)
 
