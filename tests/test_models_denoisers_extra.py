@@ -21,8 +21,6 @@ from robustir.models.swinir import relative_position_index, shift_attention_mask
 
 FIXTURES = ["swinir", "ecndnet", "rddcnn_b", "deamnet", "ctnet"]
 TYPES = ["SwinIR", "ECNDNet", "RDDCNN_B", "DeamNet", "CTNet"]
-# Registered in the official state dict but never used by the official forward (see the deamnet fixture notes).
-UNUSED = {"DeamNet": ("net2.conv_dila1.", "net2.conv_dila2.", "net2.conv_dila3.", "net2.cat1.")}
 
 
 def _case(data_root: Path, name: str) -> tuple[dict, Path]:
@@ -72,6 +70,13 @@ def test_presets_have_published_sizes(preset: str, count: int) -> None:
     assert sum(p.numel() for p in build(preset).parameters()) == count
 
 
+def test_deamnet_unused_parameters_match_fixture(data_root: Path) -> None:
+    case, _ = _case(data_root, "deamnet")
+    net = build("deamnet")
+    listed = sorted(n for n, _ in net.named_parameters() if n.startswith(net.unused_parameter_prefixes))
+    assert listed == sorted(case["unused_parameters_in_official_forward"])
+
+
 def test_released_style_checkpoint_loads(data_root: Path) -> None:
     """Released checkpoints come from DataParallel (`module.` prefix); they load strictly after unwrapping."""
     from robustir.models.weights import load_weights
@@ -101,7 +106,8 @@ def test_restorer_odd_size_forward_backward(type_name: str) -> None:
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    skip = UNUSED.get(type_name, ())
+    # DeamNet keeps official layers that its forward never uses (see the deamnet fixture notes)
+    skip = getattr(net, "unused_parameter_prefixes", ())
     for pname, p in net.named_parameters():
         if pname.startswith(skip):
             assert p.grad is None
