@@ -6,6 +6,7 @@ small PNG codec below (non-interlaced only); TIFFs go through tifffile, everythi
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import warnings
@@ -276,7 +277,7 @@ def save_image(t: Tensor, path: str | os.PathLike, *, bits: int = 8) -> None:
 
 def save_tensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write named tensors losslessly (safetensors) atomically; `metadata` is a str -> str dict stored in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     p = Path(path)
     if not isinstance(tensors, dict) or not tensors:
@@ -294,7 +295,17 @@ def save_tensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: 
             raise RobustirError(f"save_tensors {str(p)!r}: metadata keys and values must be str (bad keys: {bad})")
         meta = dict(metadata)
     with atomic_path(p) as tmp:
-        save_file(out, str(tmp), metadata=meta)
+        tmp.write_bytes(_canonical_safetensors(save(out, metadata=meta)))
+
+
+def _canonical_safetensors(blob: bytes) -> bytes:
+    """Rewrite the JSON header with sorted keys: safetensors orders metadata by hash, so equal inputs would otherwise
+    give different bytes (and re-runs would not be byte-identical). Tensor data and offsets are unchanged."""
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment with spaces
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
