@@ -283,3 +283,16 @@ def test_data_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     found = data_root(required=False)
     assert found is None or found.name == "data"
     assert os.environ.get("ROBUSTIR_DATA") is None
+
+
+def test_tensor_files_are_byte_identical_whatever_the_metadata_order(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    t = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(5, dtype=torch.float64)}
+    keys = [f"k{i}" for i in range(12)]
+    save_tensors(t, tmp_path / "1.safetensors", metadata={k: k.upper() for k in keys})
+    save_tensors(dict(reversed(t.items())), tmp_path / "2.safetensors", metadata={k: k.upper() for k in reversed(keys)})
+    assert (tmp_path / "1.safetensors").read_bytes() == (tmp_path / "2.safetensors").read_bytes()
+    raw = load_file(str(tmp_path / "1.safetensors"))  # the rewritten header is still valid safetensors
+    assert torch.equal(raw["b"], t["b"]) and torch.equal(raw["a"], t["a"])
+    assert tensors_metadata(tmp_path / "1.safetensors") == {k: k.upper() for k in keys}
