@@ -17,6 +17,7 @@ from robustir.models import swinir  # noqa: F401,E402
 from robustir.models import ctnet  # noqa: F401,E402
 from robustir.models import nafnet  # noqa: F401,E402
 from robustir.models import restormer  # noqa: F401,E402
+from robustir.degradations import classical  # noqa: F401,E402  (Wiener, RichardsonLucy)
 
 __all__ = ["CallConvention", "ModelInfo", "Restorer", "build", "get_model_info", "list_models", "list_presets",
            "pad_to_multiple", "register_model", "register_preset", "resolve_spec", "restorer", "sigma_map",
