@@ -178,3 +178,35 @@ def test_degrade_then_score_round_trip(tmp_path: Path, capsys: pytest.CaptureFix
     rows = list(csv.DictReader((out / "input" / "scores.csv").open()))
     # sigma 10 noise (clipped, 8-bit) on random images: PSNR near 20*log10(255/10) = 28.1 dB
     assert all(26.5 < float(r["psnr"]) < 29.5 for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------- demo
+
+def test_demo_runs_restores_and_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "48"]) == 0
+    printed = capsys.readouterr().out
+    assert "Wiener" in printed and "results.md" in printed
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    images = {r["image"] for r in rows}
+    assert images == {"camera", "astronaut", "chelsea", "coffee"}
+    by = {(r["degradation"], r["restorer"], r["image"]): float(r["psnr"]) for r in rows}
+    blur_case = next(d for d, _, _ in by if d.startswith("motion"))
+    for img in images:  # restoration must beat the degraded input
+        assert by[(blur_case, "RichardsonLucy", img)] > by[(blur_case, "input", img)] + 1.0
+        assert by[("noise-25", "skimage-TV", img)] > by[("noise-25", "input", img)] + 3.0
+    mean = lambda d, r: np.mean([by[(d, r, i)] for i in images])  # noqa: E731
+    assert mean(blur_case, "Wiener") > mean(blur_case, "input") + 0.5
+    # the 'input' rows score exactly the degraded images the demo saved (up to 8-bit rounding of the PNGs)
+    from skimage.metrics import peak_signal_noise_ratio
+
+    clean = load_image(out / "images" / "noise-25" / "camera_clean.png").numpy()
+    noisy = load_image(out / "images" / "noise-25" / "camera_degraded.png").numpy()
+    assert abs(peak_signal_noise_ratio(clean, noisy, data_range=1.0) - by[("noise-25", "input", "camera")]) < 0.05
+    assert (out / "images" / blur_case / "camera_Wiener.png").is_file()
+    assert load_image(out / "images" / "noise-25" / "astronaut_clean.png").shape == (3, 48, 48)
+    md = (out / "results.md").read_text()
+    assert "## Mean over images" in md and "| degradation | restorer |" in md
+    first = _tree_bytes(out)
+    assert main(["demo", "--out", str(out), "--size", "48"]) == 0
+    assert _tree_bytes(out) == first

@@ -1,7 +1,8 @@
 """`robustir demo`: an end-to-end run on images scikit-image bundles (no shared data needed).
 
 Load small crops, degrade them (Gaussian noise; motion blur + noise with a generated camera-shake kernel), restore
-them with the registered classical restorers (and an optional trained model), score them, and write a Markdown/CSV
+them with the registered classical restorers (plus scikit-image's TV denoiser on the noise case, and an optional
+trained model), score them, and write a Markdown/CSV
 table and PNG images. Every output is a deterministic function of the seed and is written atomically, so re-running
 the demo rewrites identical files.
 """
@@ -84,24 +85,44 @@ def _degrade(x: Tensor, case: DemoCase, generator: torch.Generator) -> Tensor:
 
 
 def _classical_restorers(case: DemoCase) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
-    """The registered classical restorers that apply to `case` (deblurrers need a kernel: identity for noise only)."""
-    from robustir.models import list_models, restorer
+    """The registered classical restorers for the case's task (deblurrers for blur, denoisers for noise only)."""
+    from robustir.models import get_model_info, list_models, restorer
 
     registered = {r["name"] for r in list_models() if r["kind"] == "type"}
     found = [name for name in CLASSICAL if name in registered]
-    if not found:
-        raise RobustirError(f"demo: none of the classical restorers {', '.join(CLASSICAL)} is registered")
-    kernel = case.kernel if case.kernel is not None else torch.ones(1, 1)
+    if "Wiener" not in found:
+        raise RobustirError("demo: the classical Wiener restorer is not registered (robustir.degradations.classical)")
+    task = "denoise" if case.kernel is None else "deblur"
     out = []
     for name in found:
+        if get_model_info(name).task != task:
+            continue
         model = restorer({"type": name})
 
         def run(y: Tensor, model: Any = model) -> Tensor:
             with torch.no_grad():
-                return model(y[None], sigma=case.sigma / 255.0, kernel=kernel)[0]
+                return model(y[None], sigma=case.sigma / 255.0, kernel=case.kernel)[0]
 
         out.append((name, run))
     return out
+
+
+def _skimage_tv(case: DemoCase) -> tuple[str, Callable[[Tensor], Tensor]]:
+    """scikit-image's total-variation denoiser (Chambolle), an independent classical baseline for the noise case.
+
+    The weight 0.8 * sigma / 255 was picked on these crops (best mean PSNR for sigma 25 among 0.06 ... 0.13).
+    """
+    from skimage.restoration import denoise_tv_chambolle
+
+    weight = 0.8 * case.sigma / 255.0
+
+    def run(y: Tensor) -> Tensor:
+        arr = y.detach().double().numpy()
+        den = (denoise_tv_chambolle(arr, weight=weight, channel_axis=0) if arr.shape[0] == 3
+               else denoise_tv_chambolle(arr[0], weight=weight)[None])
+        return torch.from_numpy(den).to(y.dtype)
+
+    return "skimage-TV", run
 
 
 def _model_restorer(spec: str, weights: str | None) -> tuple[str, str, Any]:
@@ -152,6 +173,8 @@ def run_demo(out: str | os.PathLike, *, size: int = 128, seed: int = 0, sigma: f
         save_image(x, folder / f"{name}_clean.png")
         save_image(y.clamp(0, 1), folder / f"{name}_degraded.png")
         restorers = [("input", lambda t: t)] + _classical_restorers(case)
+        if case.kernel is None:
+            restorers.append(_skimage_tv(case))
         if extra is not None and extra[1] == ("denoise" if case.kernel is None else "deblur"):
             label, _, net = extra
 
