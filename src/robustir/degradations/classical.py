@@ -101,8 +101,7 @@ def _kernel_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Ten
 
 
 @register_model("Wiener", task="deblur", description="Wiener deconvolution (FFT, circular, constant NSR), non-blind "
-                "classical baseline", call=CallConvention(needs_kernel=True, adapter=_kernel_adapter),
-                test_spec={"type": "Wiener"})
+                "classical baseline", call=CallConvention(needs_kernel=True, adapter=_kernel_adapter))
 class Wiener(nn.Module):
     """Non-blind Wiener deconvolution as a model: `Wiener(nsr=0.01)(y, kernel)`; no learnable parameters."""
 
@@ -122,8 +121,7 @@ class Wiener(nn.Module):
 
 @register_model("RichardsonLucy", task="deblur", description="Richardson-Lucy deconvolution (multiplicative EM "
                 "updates), non-blind classical baseline", call=CallConvention(needs_kernel=True,
-                                                                              adapter=_kernel_adapter),
-                test_spec={"type": "RichardsonLucy", "iterations": 3})
+                                                                              adapter=_kernel_adapter))
 class RichardsonLucy(nn.Module):
     """Non-blind Richardson-Lucy deconvolution as a model: `RichardsonLucy(iterations=30)(y, kernel)`."""
 
