@@ -1,0 +1,350 @@
+"""The supervised training loop: any registered restorer, a dataset, a pluggable batch preparation, resumable.
+
+Everything random derives from (seed, step, sample id): the data order, crops, flips and noise (see `sampling` and
+`batch`), and the global torch RNG is re-seeded from (seed, step, rank) before each step (dropout and the like). With
+the learning rate a pure function of the step, the optimizer/EMA state restored from the checkpoint and the RNG states
+restored too, a run killed at any moment and resumed with `--resume` ends with bit-identical weights on CPU.
+
+Files in `train.out`: `config.yaml` (the resolved config), `last.safetensors` (the resumable checkpoint, BasicSR
+`params`/`params_ema` key prefixes), `model.safetensors` (plain final weights — the EMA ones when EMA is on —
+loadable with `robustir.models.load_weights`), `model.json` (spec, steps, validation metrics, wall time) and `log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustir.errors import RobustirError
+from robustir.models.registry import build, get_model_info
+from robustir.models.restorer import Restorer
+from robustir.train.batch import BatchPrep, PrepContext, build_batch_prep, derive_seed
+from robustir.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint, save_weights, write_json
+from robustir.train.config import TrainConfig, config_to_dict, dump_config
+from robustir.train.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown, wrap_model
+from robustir.train.ema import ModelEMA
+from robustir.train.losses import build_loss
+from robustir.train.sampling import PatchSampler, load_images, stage_at
+from robustir.train.schedule import lr_at
+
+# Config fields that may change between a run and its resumption (they do not affect the trained weights).
+_RESUME_MUTABLE = {("train", "steps"), ("train", "ckpt_every"), ("train", "log_every"), ("train", "out"),
+                   ("train", "device"), ("val",)}
+
+
+@dataclass
+class TrainingData:
+    """In-memory data for a run: training targets (clean), optional aligned inputs (pairs), validation images."""
+
+    targets: list[Tensor]
+    inputs: list[Tensor] | None = None
+    val: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns."""
+
+    out: Path
+    steps: int
+    val: dict[str, float]
+    wall_time_s: float
+    weights: dict[str, Tensor]
+
+
+def build_restorer(spec: dict[str, Any]) -> Restorer:
+    """The network of `spec` in the uniform call, in training mode."""
+    net = build(spec)
+    info = get_model_info(net.robustir_type)  # type: ignore[attr-defined]
+    return Restorer(net, info.call, name=info.name).train()
+
+
+def load_training_data(cfg: TrainConfig, data_root: str | None = None) -> TrainingData:
+    """Load the training (and validation) images named in the config."""
+    d = cfg.data
+    if d.paired is not None:
+        from robustir.data import PairedFolder
+
+        pairs = PairedFolder(d.paired, channels=d.channels)
+        n = len(pairs) if d.limit is None else min(d.limit, len(pairs))
+        items = [pairs[i] for i in range(n)]
+        inputs, targets = [it["input"] for it in items], [it["target"] for it in items]
+        data = TrainingData(targets=targets, inputs=inputs)
+    else:
+        data = TrainingData(targets=load_images(str(d.train), d.channels, limit=d.limit, root=data_root))
+    if cfg.val.dataset is not None:
+        data.val = load_images(cfg.val.dataset, d.channels, limit=cfg.val.limit, root=data_root)
+    return data
+
+
+def _center_crop(x: Tensor, size: int) -> Tensor:
+    """Center crop of a (C,H,W) image to at most size×size."""
+    if size <= 0:
+        return x
+    h, w = x.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return x[:, top:top + size, left:left + size]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Sequence[Tensor], prep: BatchPrep, *, seed: int = 0, quantize: bool = True,
+             crop: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean PSNR/SSIM of `model` (uniform call) over `images` degraded by `prep` with per-image seeded randomness."""
+    from robustir.metrics import psnr, ssim
+
+    was_training = model.training
+    model.eval()
+    p_sum, s_sum = 0.0, 0.0
+    try:
+        for i, img in enumerate(images):
+            clean = _center_crop(img, crop)[None].to(device)
+            ctx = PrepContext(seed=seed, step=-1, sample_ids=torch.tensor([i]), training=False)
+            batch = prep(clean, ctx)
+            out = model(batch.inputs, sigma=batch.sigma, kernel=batch.kernel).float().clamp(0.0, 1.0)
+            if quantize:
+                out = torch.round(out * 255.0) / 255.0
+            p_sum += float(psnr(out, clean).sum())
+            s_sum += float(ssim(out, clean).sum())
+    finally:
+        model.train(was_training)
+    n = max(len(images), 1)
+    return {"psnr": p_sum / n, "ssim": s_sum / n}
+
+
+def _amp_context(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
+    """Autocast context factory and grad scaler: mixed precision only on CUDA (bf16 when supported, else fp16)."""
+    mode = cfg.train.amp
+    if device.type != "cuda" or mode == "off":
+        return contextlib.nullcontext, None
+    use_bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
+    dtype = torch.bfloat16 if use_bf16 else torch.float16
+    scaler = None if use_bf16 else torch.amp.GradScaler("cuda")
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def _use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """channels_last memory format: on by default on CUDA only."""
+    return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+
+
+def _check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint made with a different model/data/recipe."""
+    diffs = []
+    for section, values in current.items():
+        if (section,) in _RESUME_MUTABLE:
+            continue
+        old = saved.get(section)
+        if isinstance(values, dict) and isinstance(old, dict):
+            for key, value in values.items():
+                if (section, key) not in _RESUME_MUTABLE and old.get(key) != value:
+                    diffs.append(f"{section}.{key}: {old.get(key)!r} -> {value!r}")
+        elif old != values:
+            diffs.append(f"{section}: {old!r} -> {values!r}")
+    if diffs:
+        raise RobustirError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs))
+
+
+def _make_optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam or AdamW from the config."""
+    o = cfg.optim
+    cls = torch.optim.AdamW if o.type == "AdamW" else torch.optim.Adam
+    return cls([p for p in params if p.requires_grad], lr=o.lr, betas=(o.betas[0], o.betas[1]),
+               weight_decay=o.weight_decay, eps=o.eps)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    """A tqdm bar (stderr) or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, leave=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, data: TrainingData | None = None, data_root: str | None = None,
+          progress: bool = True) -> TrainResult:
+    """Run (or resume) a training run described by `cfg`; see the module docstring for the files written."""
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, dist_info, resume=resume, data=data, data_root=data_root, progress=progress)
+    finally:
+        shutdown(dist_info)
+
+
+def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData | None, data_root: str | None,
+           progress: bool) -> TrainResult:
+    out = Path(cfg.train.out)
+    ckpt_path = out / "last.safetensors"
+    if ckpt_path.exists() and not resume:
+        raise RobustirError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another train.out")
+    device = di.device
+    seed = cfg.train.seed
+
+    torch.manual_seed(derive_seed(seed, "init", 0))  # the initial weights depend on the seed only
+    model = build_restorer(cfg.model).to(device)
+    channels_last = _use_channels_last(cfg, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(cfg, model.parameters())
+    ema = ModelEMA(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None
+    loss_fn = build_loss(cfg.loss.type, weight=cfg.loss.weight, eps=cfg.loss.eps)
+    prep = build_batch_prep(cfg.batch)
+    val_prep = build_batch_prep(cfg.val.prep if cfg.val.prep is not None else cfg.batch, for_eval=True,
+                                where="val.prep")
+    autocast, scaler = _amp_context(cfg, device)
+
+    start, wall_before, history = 0, 0.0, {}
+    cfg_dict = config_to_dict(cfg)
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        _check_resume_compatible(ck["state"]["config"], cfg_dict)
+        model.net.load_state_dict(ck["params"], strict=True)
+        if ema is not None:
+            if ck["params_ema"] is None:
+                raise RobustirError(f"{ckpt_path} has no params_ema but train.ema is on")
+            ema.module.net.load_state_dict(ck["params_ema"], strict=True)
+        optimizer.load_state_dict(ck["optimizer"])
+        if scaler is not None and "scaler" in ck["state"]:
+            scaler.load_state_dict(ck["state"]["scaler"])
+        restore_rng(ck["rng_tensors"], ck["rng"])
+        start = int(ck["state"]["step"])
+        wall_before = float(ck["state"].get("wall_time_s", 0.0))
+        history = ck["state"].get("val", {})
+
+    if data is None:
+        data = load_training_data(cfg, data_root)
+    sampler = PatchSampler(data.targets, inputs=data.inputs, seed=seed, scales=cfg.data.scales,
+                           augment=cfg.data.augment)
+    for st in cfg.data.stages or []:
+        sampler.check_patch(st.patch_size)
+    if not cfg.data.stages:
+        sampler.check_patch(cfg.data.patch_size)
+
+    ddp_model = wrap_model(model, di)
+    if di.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        from robustir.data.atomic import atomic_write_text
+
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+    total = cfg.train.steps
+    bar = _progress(total, start, progress and di.is_main)
+    log_file = out / "log.jsonl"
+    t0 = time.perf_counter()
+    t_last, samples_since = t0, 0
+    last_val: dict[str, float] = history.get("last", {}) if isinstance(history, dict) else {}
+
+    def save(step_done: int) -> None:
+        if not di.is_main:
+            return
+        state = {"step": step_done, "config": cfg_dict, "wall_time_s": wall_before + time.perf_counter() - t0,
+                 "val": {"last": last_val}, "world_size": di.world_size}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(ckpt_path, params=model.net.state_dict(),
+                        params_ema=ema.module.net.state_dict() if ema is not None else None,
+                        optimizer=optimizer.state_dict(), state=state)
+
+    for step in range(start, total):
+        plan = stage_at(step, cfg.data)
+        if plan.batch_size % di.world_size:
+            raise RobustirError(f"batch size {plan.batch_size} is not divisible by the {di.world_size} processes")
+        ids = torch.arange(plan.first_id, plan.first_id + plan.batch_size)[di.rank::di.world_size]
+        torch.manual_seed(derive_seed(seed, "step", step, di.rank))
+        clean, lq = sampler.batch(ids.tolist(), plan.patch_size)
+        clean = clean.to(device)
+        lq = lq.to(device) if lq is not None else None
+        ctx = PrepContext(seed=seed, step=step, sample_ids=ids, model=model, loss=loss_fn)
+        batch = prep(clean, ctx, inputs=lq)
+        inputs, targets = batch.inputs, batch.targets
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+
+        lr = lr_at(step, base_lr=cfg.optim.lr, schedule=cfg.schedule, total_steps=total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            pred = ddp_model(inputs, sigma=batch.sigma, kernel=batch.kernel)
+        per_sample = loss_fn(pred.float(), targets.float())
+        loss = per_sample.mean()
+        if not bool(torch.isfinite(loss)):
+            raise RobustirError(f"training diverged at step {step}: loss is {float(loss)} (lower optim.lr, set "
+                                f"train.grad_clip, or check the data)")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        done = step + 1
+        samples_since += plan.batch_size
+
+        if done % cfg.train.log_every == 0 or done == total:
+            with torch.no_grad():
+                mse = (pred.detach().float().clamp(0, 1) - targets).square().flatten(1).mean(1)
+                batch_psnr = float(mean_over_ranks((10 * torch.log10(1.0 / mse.clamp_min(1e-12))).mean(), di))
+                loss_avg = float(mean_over_ranks(loss.detach(), di))
+            now = time.perf_counter()
+            rate = samples_since / max(now - t_last, 1e-9)
+            t_last, samples_since = now, 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_avg:.4g}", psnr=f"{batch_psnr:.2f}", img_s=f"{rate:.0f}", lr=f"{lr:.2e}",
+                                refresh=False)
+            if di.is_main:
+                row = {"step": done, "loss": loss_avg, "psnr": batch_psnr, "lr": lr, "samples_per_s": rate,
+                       "patch": plan.patch_size, "batch": plan.batch_size}
+                with open(log_file, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+        if bar is not None:
+            bar.update(1)
+
+        want_val = data.val and ((cfg.val.every and done % cfg.val.every == 0) or done == total)
+        if want_val and di.is_main:
+            eval_model = ema.module if ema is not None else model
+            last_val = evaluate(eval_model, data.val, val_prep, seed=cfg.val.seed, quantize=cfg.val.quantize,
+                                crop=cfg.val.crop, device=device)
+            with open(log_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": done, "val": last_val}) + "\n")
+            if bar is not None:
+                bar.write(f"step {done}: val PSNR {last_val['psnr']:.2f} dB, SSIM {last_val['ssim']:.4f}")
+        if done % cfg.train.ckpt_every == 0 or done == total:
+            save(done)
+        barrier(di)
+    if bar is not None:
+        bar.close()
+
+    final = ema.module.net.state_dict() if ema is not None else model.net.state_dict()
+    wall = wall_before + time.perf_counter() - t0
+    if di.is_main:
+        if start >= total and not ckpt_path.exists():
+            save(total)
+        save_weights(out / "model.safetensors", final, metadata={"spec": json.dumps(cfg.model), "step": str(total),
+                                                                 "weights": "ema" if ema else "params"})
+        write_json(out / "model.json", {"spec": cfg.model, "steps": total, "weights": "ema" if ema else "params",
+                                        "val": last_val, "wall_time_s": wall, "config": cfg_dict})
+    barrier(di)
+    return TrainResult(out=out, steps=total, val=last_val, wall_time_s=wall, weights=final)
+
+
+def lr_curve(cfg: TrainConfig) -> list[float]:
+    """The learning rate at every step of `cfg` (for plots and checks)."""
+    return [lr_at(s, base_lr=cfg.optim.lr, schedule=cfg.schedule, total_steps=cfg.train.steps)
+            for s in range(cfg.train.steps)]
+

@@ -1,0 +1,130 @@
+"""Kill a real `robustir train` subprocess (SIGKILL) twice mid-run, resume it, and get bit-identical final weights to an
+uninterrupted run with the same seed; plus clear errors for bad checkpoints and incompatible resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from robustir.errors import RobustirError
+from robustir.train.config import load_config
+from robustir.train.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_dataset(folder: Path, n: int = 6, size: int = 40) -> None:
+    """A folder of smooth random 8-bit PNGs (a real dataset on disk, read by the subprocess)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        low = rng.random((size // 8, size // 8))
+        img = np.kron(low, np.ones((8, 8))) * 255
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"{i:02d}.png")
+
+
+def _config(tmp: Path, out: str, steps: int = 60) -> Path:
+    cfg = {
+        "model": {"type": "DnCNN", "in_nc": 1, "out_nc": 1, "nc": 16, "nb": 5, "act_mode": "BR"},
+        "data": {"train": str(tmp / "images"), "patch_size": 24, "batch_size": 8, "scales": [1.0, 0.8]},
+        "batch": [{"type": "noise", "sigma": [10, 40]}],
+        "loss": {"type": "Charbonnier"},
+        "optim": {"type": "AdamW", "lr": 2e-3, "weight_decay": 1e-4},
+        "schedule": {"type": "cosine", "eta_min": 1e-5, "warmup": 5},
+        "train": {"steps": steps, "seed": 7, "out": str(tmp / out), "ckpt_every": 4, "log_every": 10, "ema": 0.95,
+                  "grad_clip": 0.5},
+    }
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _launch(cfg: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "robustir.cli", "train", str(cfg), "--resume", "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _checkpoint_step(path: Path) -> int:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return int(json.loads(fh.metadata()["robustir_train_state"])["step"])
+    except Exception:  # noqa: BLE001 - not there yet
+        return -1
+
+
+def _kill_when(proc: subprocess.Popen, ckpt: Path, at_least: int, extra_s: float) -> int:
+    """SIGKILL the process once its checkpoint reaches `at_least` steps (+ `extra_s` seconds); return that step."""
+    deadline = time.time() + 120
+    while _checkpoint_step(ckpt) < at_least:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("training made no progress")
+        time.sleep(0.002)
+    time.sleep(extra_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return _checkpoint_step(ckpt)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    _write_dataset(tmp_path / "images")
+    cfg_path = _config(tmp_path, "killed")
+    proc = _launch(cfg_path)
+    first = _kill_when(proc, tmp_path / "killed" / "last.safetensors", 8, 0.0)  # right after a checkpoint write
+    proc = _launch(cfg_path)
+    second = _kill_when(proc, tmp_path / "killed" / "last.safetensors", first + 8, 0.013)  # at an arbitrary moment
+    assert 8 <= first < second < 60, (first, second)
+    proc = _launch(cfg_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "trained 60 steps" in out.decode()
+
+    ref = train(load_config(_config(tmp_path, "straight")), progress=False)
+    killed = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert set(killed) == set(ref.weights)
+    for k, v in ref.weights.items():
+        assert torch.equal(killed[k], v), f"{k} differs after kill/resume"
+    full_a = load_file(str(tmp_path / "killed" / "last.safetensors"))
+    full_b = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    for k in full_b:
+        if k.startswith(("params", "optim")):
+            assert torch.equal(full_a[k], full_b[k]), k
+
+
+def test_resume_errors(tmp_path: Path) -> None:
+    _write_dataset(tmp_path / "images", n=3)
+    cfg = load_config(_config(tmp_path, "run", steps=4))
+    train(cfg, progress=False)
+    changed = load_config(_config(tmp_path, "run", steps=4), {"optim.lr": 1e-2})
+    with pytest.raises(RobustirError, match=r"cannot resume: the config differs .* optim.lr: 0.002 -> 0.01"):
+        train(changed, resume=True, progress=False)
+    longer = load_config(_config(tmp_path, "run", steps=6))  # extending a finished run is allowed
+    assert train(longer, resume=True, progress=False).steps == 6
+    ckpt = tmp_path / "run" / "last.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])  # truncated
+    with pytest.raises(RobustirError, match="is not a readable safetensors file"):
+        train(longer, resume=True, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-m", "robustir.cli", "train", str(tmp_path / "run.yaml"), "--resume"],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "not a readable safetensors" in res.stderr
