@@ -19,7 +19,8 @@ def _register_commands() -> None:
     """Attach the commands of every concept (explicit list: nothing depends on import side effects)."""
     import importlib
 
-    for module in ("robustir.data.cli", "robustir.experiments.cli", "robustir.report.cli"):
+    for module in ("robustir.data.cli", "robustir.experiments.cli", "robustir.report.cli",
+                   "robustir.train.cli"):
         mod = importlib.import_module(module)
         for command in mod.COMMANDS:
             cli.add_command(command)

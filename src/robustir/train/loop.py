@@ -7,7 +7,8 @@ restored too, a run killed at any moment and resumed with `--resume` ends with b
 
 Files in `train.out`: `config.yaml` (the resolved config), `last.safetensors` (the resumable checkpoint, BasicSR
 `params`/`params_ema` key prefixes), `model.safetensors` (plain final weights — the EMA ones when EMA is on —
-loadable with `robustir.models.load_weights`), `model.json` (spec, steps, validation metrics, wall time) and `log.jsonl`.
+loadable with `robustir.models.load_weights`), `model.json` (spec, steps, validation metrics, wall time) and
+`log.jsonl`.
 """
 
 from __future__ import annotations
