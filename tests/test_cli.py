@@ -124,6 +124,24 @@ def test_cli_error_in_a_subprocess(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_file_system_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _folder(tmp_path / "clean", ["a.png"], (8, 8))
+    (tmp_path / "afile").write_text("a file where the output folder should go")
+    assert main(["degrade", str(src), "--sigma", "5", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    err = capsys.readouterr().err  # the progress bar may come first
+    assert err.strip().splitlines()[-1].startswith("error: ") and "afile" in err and "Traceback" not in err
+    assert main(["degrade", str(src), "--sigma", "5"]) == 2  # missing --out: click's usage error
+    assert "--out" in capsys.readouterr().err
+    assert main(["degrade", str(src), "--out", str(tmp_path / "o"), "--bits", "12"]) == 2
+    assert "'12' is not one of '8', '16'" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--model", "dncnn-s25"]) == 2
+    assert "needs --weights" in capsys.readouterr().err
+    assert main(["nosuchcommand"]) == 2
+    assert "No such command" in capsys.readouterr().err
+    assert main(["score", str(src), "set12", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "--data-root" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------- score
 
 def test_score_matches_scikit_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,6 +25,18 @@ def _attack_presets() -> list[str]:
         return []
     presets = lister()
     return sorted(presets) if not isinstance(presets, list) else sorted(map(str, presets))
+
+
+def _os_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Report file-system failures (permissions, full disk, a file where a folder is needed) as user errors."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise RobustirError(f"{where}{exc.strerror or exc}") from None
+    return wrapper
 
 
 @click.command()
@@ -85,6 +100,7 @@ def _channels(value: str) -> int | None:
 @click.option("--size", default=None, type=int, help="Resize images to SIZE x SIZE (CelebA-HQ default 256).")
 @click.option("--limit", default=None, type=int, help="Only the first N images.")
 @_DATA_ROOT
+@_os_errors
 def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: str, seed: int, bits: str,
             channels: str, size: int | None, limit: int | None, data_root: str | None) -> None:
     """Degrade a folder or named dataset (SOURCE) with blur and/or noise.
@@ -111,6 +127,7 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
 @click.option("--quantize", is_flag=True, help="Round to 8-bit levels before scoring (KAIR convention).")
 @click.option("--allow-missing", is_flag=True, help="Score only the references that have a restoration.")
 @_DATA_ROOT
+@_os_errors
 def score(restored: str, reference: str, csv_path: str | None, crop_border: int, y_channel: bool, quantize: bool,
           allow_missing: bool, data_root: str | None) -> None:
     """Score a folder of restorations (RESTORED) against references (a folder or named dataset), matched by name.
@@ -141,6 +158,7 @@ def score(restored: str, reference: str, csv_path: str | None, crop_border: int,
 @click.option("--channels", default="keep", show_default=True, type=click.Choice(["keep", "gray", "rgb"]))
 @click.option("--model", default=None, help="Also run a trained restorer: preset name or JSON spec (needs --weights).")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Checkpoint for --model.")
+@_os_errors
 def demo(out: str, size: int, seed: int, sigma: float, blur_sigma: float, kernel_size: int, channels: str,
          model: str | None, weights: str | None) -> None:
     """End-to-end run on scikit-image's bundled images: degrade, restore (classical methods), score, report."""
