@@ -279,9 +279,16 @@ def test_data_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         data_root()
     monkeypatch.delenv("ROBUSTIR_DATA")
     monkeypatch.chdir(tmp_path)
-    # from a cwd with no ../shared/data the repository-relative default is used, or nothing
-    found = data_root(required=False)
-    assert found is None or found.name == "data"
+    # from a cwd with no ../shared/data the checkout-relative default is used, or nothing
+    beside_repo = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    assert data_root(required=False) == (beside_repo.resolve() if beside_repo.is_dir() else None)
+    if not beside_repo.is_dir():
+        with pytest.raises(RobustirError, match="no data root found"):
+            data_root()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")  # ../shared/data relative to the cwd comes first
+    assert data_root() == (tmp_path / "shared" / "data").resolve()
     assert os.environ.get("ROBUSTIR_DATA") is None
 
 
