@@ -311,10 +311,6 @@ _CALL = CallConvention(pad_multiple=1)  # the network pads and crops itself, as 
 _TINY = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}
 
 
-def _family(defaults: dict[str, object], **kwargs: object) -> NAFNet:
-    return NAFNet(**{**defaults, **kwargs})  # type: ignore[arg-type]
-
-
 register_model("NAFNet", task="deblur", description=_DESC + " (SimpleGate + SCA)", call=_CALL,
                test_spec={"type": "NAFNet", **_TINY})(NAFNet)
 
