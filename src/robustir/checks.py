@@ -64,14 +64,13 @@ def parse_fraction(value: object, name: str = "value") -> float:
         return float(value)
     if isinstance(value, str):
         text = value.strip()
+        num, _, den = text.partition("/")
         try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                d = float(den)
-                if d == 0:
-                    raise RobustirError(f"{name}: division by zero in {value!r}")
-                return float(num) / d
-            return float(text)
+            n, d = float(num), float(den) if "/" in text else 1.0
         except ValueError:
-            pass
+            n = d = math.nan
+        if d == 0:
+            raise RobustirError(f"{name}: division by zero in {value!r}")
+        if not math.isnan(n) and not math.isnan(d):
+            return n / d
     raise RobustirError(f"{name}: expected a number or a fraction like '8/255', got {value!r}")

@@ -218,7 +218,7 @@ def prepare(exp: Experiment) -> Context:
                 "data": {d.id: {"source": d.source, "label": d.label or d.id, "items": len(items[d.id]),
                                 "noise_sigma": d.degradation.noise_sigma, "kernels": d.degradation.kernels}
                          for d in exp.data},
-                "attacks": {a.id: {"preset": a.preset, "params": dict(a.params), "reference": a.reference,
+                "attacks": {a.id: {"preset": a.preset, "params": dict(a.params), "target": a.target,
                                    "label": a.label or a.id} for a in exp.attacks},
                 "transfer": [{"source": t.source, "targets": list(t.targets)} for t in exp.transfer],
                 "metrics": list(exp.metrics), "jobs": len(jobs)}
@@ -306,7 +306,7 @@ def run_batch(ctx: Context, jobs: Sequence[Job]) -> list[BatchOutput]:
     if obs[0][2] is not None:
         kernels = torch.stack([o[2] for o in obs])[:, None].to(ctx.device)
     target = None
-    if attack_entry.reference == "target":
+    if attack_entry.target is not None:
         images = ctx._images[first.item.dataset]
         target = torch.stack([images[ctx.items[first.item.dataset][j.target_index].image_index]
                               for j in jobs]).to(ctx.device)
@@ -316,11 +316,10 @@ def run_batch(ctx: Context, jobs: Sequence[Job]) -> list[BatchOutput]:
     if "eps" in first.params:
         params["eps"] = torch.tensor([float(j.params["eps"]) for j in jobs], device=ctx.device)
     generators = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
-    attack = preset(attack_entry.preset, **params)
+    attack = preset(attack_entry.preset, generator=generators, **params)
     with torch.no_grad():
         clean_out = model(y, **cond)
-    ref = {"gt": x, "clean_output": clean_out, "target": None}[attack_entry.reference]
-    result = attack(model, y, ref=ref, target=target, cond=cond, generator=generators)
+    result = attack(model, y, ref=x, target=target, cond=cond)
     y_adv = result.x_adv.detach()
     attack_seconds = time.perf_counter() - t0
     per_eval: dict[str, tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None,

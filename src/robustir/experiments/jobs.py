@@ -76,7 +76,7 @@ def expand_jobs(exp: Experiment, items: Mapping[str, Sequence[Item]], fingerprin
                 for params in expand_grid(attack.params):
                     for item in ds_items:
                         tgt = None
-                        if attack.reference == "target":
+                        if attack.target is not None:
                             tgt = target_of(item, ds_items) if target_of else None
                         payload = {
                             "code": robustir.__version__, "model": fingerprints[model.id],
@@ -85,7 +85,7 @@ def expand_jobs(exp: Experiment, items: Mapping[str, Sequence[Item]], fingerprin
                                      "resize": data.resize, "channels": data.channels,
                                      "degradation": data.degradation.__dict__},
                             "item": item.name, "attack": {"preset": attack.preset, "params": params,
-                                                          "reference": attack.reference, "target": attack.target},
+                                                          "target": attack.target},
                             "target": None if tgt is None else ds_items[tgt].name, "seed": exp.seed,
                         }
                         key = stable_hash(payload)

@@ -71,12 +71,15 @@ class DataEntry:
 
 @dataclass(frozen=True)
 class AttackEntry:
-    """One attack configuration (a preset plus fixed parameters) before grid expansion."""
+    """One attack configuration (a preset plus parameters; list values are grid axes) before grid expansion.
+
+    The ground truth is always passed as `ref`; whether the objective uses it or the model's own clean output is the
+    preset's `against` parameter. `target: cyclic` gives targeted attacks the next image of the same dataset.
+    """
 
     id: str
-    preset: str | None
+    preset: str
     params: Mapping[str, Any]
-    reference: str = "gt"
     target: str | None = None
     label: str | None = None
 
@@ -125,8 +128,7 @@ _TOP_KEYS = {"name", "description", "seed", "output", "models", "data", "attacks
 _MODEL_KEYS = {"spec", "weights", "sigma", "label", "craft"}
 _DATA_KEYS = {"source", "limit", "crop", "resize", "channels", "degradation", "label"}
 _DEGRADATION_KEYS = {"noise_sigma", "kernels", "boundary", "clip"}
-_ATTACK_KEYS = {"preset", "params", "reference", "target", "label"}
-_REFERENCES = ("gt", "clean_output", "target")
+_ATTACK_KEYS = {"preset", "params", "target", "label"}
 _TARGET_MODES = ("cyclic",)
 
 
@@ -216,7 +218,7 @@ def _parse_attacks(raw: Any) -> tuple[AttackEntry, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
-        raise RobustirError("attacks: expected a mapping of attack id -> {preset, params, reference, target}")
+        raise RobustirError("attacks: expected a mapping of attack id -> {preset, params, target, label}")
     from robustir.attacks import list_presets  # late import: attacks import heavy modules
 
     presets = set(list_presets())
@@ -231,13 +233,16 @@ def _parse_attacks(raw: Any) -> tuple[AttackEntry, ...]:
         for key, value in params.items():
             if key in _FLOAT_ATTACK_PARAMS or key in _INT_ATTACK_PARAMS:
                 params[key] = _as_number(value, f"attacks.{aid}.params.{key}", integer=key in _INT_ATTACK_PARAMS)
-        reference = entry.get("reference", "gt")
-        if reference not in _REFERENCES:
-            raise RobustirError(f"attacks.{aid}.reference: expected one of {_REFERENCES}, got {reference!r}")
         target = entry.get("target")
-        if reference == "target" and target not in _TARGET_MODES:
-            raise RobustirError(f"attacks.{aid}.target: a targeted attack needs target: one of {_TARGET_MODES}")
-        out.append(AttackEntry(str(aid), preset, params, reference, target, entry.get("label")))
+        targeted = bool(params.get("targeted")) or preset.endswith("_targeted")
+        if target is not None and target not in _TARGET_MODES:
+            raise RobustirError(f"attacks.{aid}.target: expected one of {_TARGET_MODES}, got {target!r}")
+        if targeted and target is None:
+            raise RobustirError(f"attacks.{aid}: a targeted attack needs `target:` (one of {_TARGET_MODES})")
+        if target is not None and not targeted:
+            raise RobustirError(f"attacks.{aid}: `target:` given but the attack is untargeted; use a targeted preset "
+                                f"or params.targeted: true")
+        out.append(AttackEntry(str(aid), str(preset), params, target, entry.get("label")))
     return tuple(out)
 
 
