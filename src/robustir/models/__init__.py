@@ -3,6 +3,7 @@
 from robustir.models.registry import (CallConvention, ModelInfo, build, get_model_info, list_models, list_presets,
                                       register_model, register_preset, resolve_spec)
 from robustir.models.restorer import Restorer, pad_to_multiple, restorer, sigma_map, sigma_tensor
+from robustir.models.weights import load_weights
 
 # Every model file is imported here by name, so registration never depends on import side effects elsewhere.
 # (Model files are added below as they land.)
@@ -10,6 +11,7 @@ from robustir.models import mprnet  # noqa: F401,E402
 from robustir.models import deblurganv2  # noqa: F401,E402
 from robustir.models import dwdn  # noqa: F401,E402
 from robustir.models import rgdn  # noqa: F401,E402
+from robustir.models import dncnn  # noqa: F401,E402
 from robustir.models import ecndnet  # noqa: F401,E402
 from robustir.models import rddcnn  # noqa: F401,E402
 from robustir.models import deamnet  # noqa: F401,E402
@@ -20,5 +22,5 @@ from robustir.models import restormer  # noqa: F401,E402
 from robustir.degradations import classical  # noqa: F401,E402  (Wiener, RichardsonLucy)
 
 __all__ = ["CallConvention", "ModelInfo", "Restorer", "build", "get_model_info", "list_models", "list_presets",
-           "pad_to_multiple", "register_model", "register_preset", "resolve_spec", "restorer", "sigma_map",
-           "sigma_tensor"]
+           "load_weights", "pad_to_multiple", "register_model", "register_preset", "resolve_spec", "restorer",
+           "sigma_map", "sigma_tensor"]

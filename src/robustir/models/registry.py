@@ -57,6 +57,7 @@ class ModelInfo:
     call: CallConvention = field(default_factory=CallConvention)
     aliases: Mapping[str, str] = field(default_factory=dict)
     kair_names: tuple[str, ...] = ()
+    test_spec: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,14 @@ _TASKS = ("denoise", "deblur")
 
 
 def register_model(name: str, *, task: str, description: str, call: CallConvention | None = None,
-                   aliases: Mapping[str, str] | None = None, kair_names: tuple[str, ...] = ()
+                   aliases: Mapping[str, str] | None = None, kair_names: tuple[str, ...] = (),
+                   test_spec: Mapping[str, Any] | None = None
                    ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Class/function decorator registering a network under its official class name."""
+    """Class/function decorator registering a network under its official class name.
+
+    `test_spec` is a tiny configuration of this type (a full spec dict) that the generic model tests build and run
+    forward/backward on; without it the tests use the constructor defaults.
+    """
     if task not in _TASKS:
         raise ValueError(f"task must be one of {_TASKS}, got {task!r}")
 
@@ -84,7 +90,7 @@ def register_model(name: str, *, task: str, description: str, call: CallConventi
         if name in _MODELS:
             raise ValueError(f"model type {name!r} is registered twice")
         _MODELS[name] = ModelInfo(name, factory, task, description, call or CallConvention(), dict(aliases or {}),
-                                  tuple(kair_names))
+                                  tuple(n.lower() for n in kair_names), dict(test_spec) if test_spec else None)
         return factory
 
     return deco
