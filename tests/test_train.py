@@ -273,15 +273,30 @@ def test_training_learns_and_uses_the_hook(tmp_path: Path) -> None:
     from robustir.models import load_weights
 
     _CALLS.clear()
-    data = TrainingData(targets=images(6, 32))
+    data = TrainingData(targets=images(6, 32), val=images(2, 24, seed=9))
     raw = tiny_config(tmp_path / "run", batch=[{"type": "noise", "sigma": 25}, {"type": "test_fgsm", "eps": 0.01}],
                       train={"steps": 40, "ema": 0.9, "grad_clip": 1.0}, optim={"type": "AdamW", "lr": 3e-3},
-                      schedule={"type": "cosine"})
+                      schedule={"type": "cosine"}, val={"every": 20, "quantize": False})
     res = train(config_from_dict(raw), data=data, progress=False)
     assert len(_CALLS) == 40 and all(c["training"] for c in _CALLS)
     assert _CALLS[1]["ids"] == [4, 5, 6, 7]  # step 1 holds samples 4..7 of the run
     log = [__import__("json").loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in log if "val" in r]
+    log = [r for r in log if "val" not in r]
     assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [r["step"] for r in vals] == [20, 40] and vals[-1]["val"] == res.val
+    # validation = the EMA model on the seeded noisy val images (the FGSM step is train-only and skipped there)
+    from robustir.metrics import psnr
+    from robustir.train.loop import evaluate
+
+    noisy = build_batch_prep([{"type": "noise", "sigma": 25}])
+    ema_model = build_restorer(TINY)
+    load_weights(ema_model.net, tmp_path / "run" / "model.safetensors")
+    again = evaluate(ema_model, data.val, noisy, seed=0, quantize=False)
+    assert again["psnr"] == pytest.approx(res.val["psnr"], abs=1e-5)
+    inputs = [noisy(v[None], _ctx([i], training=False)).inputs for i, v in enumerate(data.val)]
+    noisy_psnr = float(torch.stack([psnr(y, v[None]) for y, v in zip(inputs, data.val)]).mean())
+    assert res.val["psnr"] > noisy_psnr + 1.0
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
     weights = load_file(str(tmp_path / "run" / "model.safetensors"))
     ck = load_file(str(tmp_path / "run" / "last.safetensors"))

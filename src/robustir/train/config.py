@@ -269,8 +269,9 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise RobustirError(f"data.scales: expected factors in (0, 1], got {d.scales}")
     if "type" not in cfg.model and "net_type" not in cfg.model:
         raise RobustirError(f"model: the spec needs a 'type' key (e.g. DnCNN), got {cfg.model}")
-    if not cfg.batch:
-        raise RobustirError("batch: expected at least one batch-preparation step, e.g. [{type: noise, sigma: 25}]")
+    if not cfg.batch and d.paired is None:
+        raise RobustirError("batch: expected at least one batch-preparation step, e.g. [{type: noise, sigma: 25}] "
+                            "(only paired data may train on its inputs as they are)")
     for i, step in enumerate(cfg.batch):
         if not isinstance(step, Mapping) or "type" not in step:
             raise RobustirError(f"batch[{i}]: expected a mapping with a 'type' key, got {step!r}")

@@ -96,14 +96,16 @@ def _center_crop(x: Tensor, size: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Sequence[Tensor], prep: BatchPrep, *, seed: int = 0, quantize: bool = True,
-             crop: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean PSNR/SSIM of `model` (uniform call) over `images` degraded by `prep` with per-image seeded randomness."""
+def evaluate_images(model: nn.Module, images: Sequence[Tensor], prep: BatchPrep, *, seed: int = 0,
+                    quantize: bool = True, crop: int = 0, device: torch.device | str = "cpu"
+                    ) -> list[dict[str, float]]:
+    """PSNR/SSIM per image of `model` (uniform call) on `images` degraded by `prep`; image i's randomness is seeded
+    by (seed, i), so a score never depends on which other images are evaluated with it."""
     from robustir.metrics import psnr, ssim
 
     was_training = model.training
     model.eval()
-    p_sum, s_sum = 0.0, 0.0
+    rows = []
     try:
         for i, img in enumerate(images):
             clean = _center_crop(img, crop)[None].to(device)
@@ -112,12 +114,18 @@ def evaluate(model: nn.Module, images: Sequence[Tensor], prep: BatchPrep, *, see
             out = model(batch.inputs, sigma=batch.sigma, kernel=batch.kernel).float().clamp(0.0, 1.0)
             if quantize:
                 out = torch.round(out * 255.0) / 255.0
-            p_sum += float(psnr(out, clean).sum())
-            s_sum += float(ssim(out, clean).sum())
+            rows.append({"psnr": float(psnr(out, clean)[0]), "ssim": float(ssim(out, clean)[0])})
     finally:
         model.train(was_training)
-    n = max(len(images), 1)
-    return {"psnr": p_sum / n, "ssim": s_sum / n}
+    return rows
+
+
+def evaluate(model: nn.Module, images: Sequence[Tensor], prep: BatchPrep, *, seed: int = 0, quantize: bool = True,
+             crop: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean PSNR/SSIM of `model` over `images` degraded by `prep` (see `evaluate_images`)."""
+    rows = evaluate_images(model, images, prep, seed=seed, quantize=quantize, crop=crop, device=device)
+    n = max(len(rows), 1)
+    return {"psnr": sum(r["psnr"] for r in rows) / n, "ssim": sum(r["ssim"] for r in rows) / n}
 
 
 def _amp_context(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
