@@ -156,7 +156,8 @@ def test_box_mean_equals_direct_average() -> None:
     direct = F.avg_pool2d(x, (4, 5), stride=1)  # valid windows (8 x 10), then replicate-padded (1,2) x (2,2)
     assert out.shape == x.shape
     assert torch.allclose(out[..., 1:9, 2:12], direct, atol=1e-12, rtol=0)
-    assert torch.allclose(out[..., 0, 2:12], direct[..., 0, :]) and torch.allclose(out[..., -1, -1], direct[..., -1, -1])
+    assert torch.allclose(out[..., 0, 2:12], direct[..., 0, :])
+    assert torch.allclose(out[..., -1, -1], direct[..., -1, -1])
     const = torch.full((1, 2, 20, 30), 0.25)
     assert torch.allclose(fast_box_mean(const, (6, 6), (5, 5)), const)
     assert torch.allclose(AttentionPool((8, 8), fast_imp=True, max_ratio=(2, 2))(const), const)

@@ -19,7 +19,6 @@ official warm-up forward pass, which gives the same sizes and leaves the global 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -29,13 +28,6 @@ from torch.utils.checkpoint import checkpoint
 
 from robustir.errors import RobustirError
 from robustir.models.registry import CallConvention, register_model, register_preset
-
-# A tiny configuration for the generic model tests, passed only where the registry already takes `test_spec`.
-_TAKES_TEST_SPEC = "test_spec" in inspect.signature(register_model).parameters
-
-
-def _test_spec(spec: dict) -> dict:
-    return {"test_spec": spec} if _TAKES_TEST_SPEC else {}
 
 ACTIVATIONS = ("simplegate", "gelu", "relu")
 ATTENTIONS = ("ca", "sca")
@@ -320,11 +312,11 @@ _TINY = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 
 
 
 register_model("NAFNet", task="deblur", description=_DESC + " (SimpleGate + SCA)", call=_CALL,
-               **_test_spec({"type": "NAFNet", **_TINY}))(NAFNet)
+               test_spec={"type": "NAFNet", **_TINY})(NAFNet)
 
 
 @register_model("NAFNetLocal", task="deblur", description=_DESC + "; test-time local pooling (TLSC)", call=_CALL,
-                **_test_spec({"type": "NAFNetLocal", **_TINY, "train_size": [1, 3, 16, 16]}))
+                test_spec={"type": "NAFNetLocal", **_TINY, "train_size": [1, 3, 16, 16]})
 def nafnet_local(*, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1, enc_blk_nums: Sequence[int] = (),
                  dec_blk_nums: Sequence[int] = (), train_size: Sequence[int] = (1, 3, 256, 256),
                  fast_imp: bool = False, dw_expand: int = 2, ffn_expand: int = 2, activation: str = "simplegate",
@@ -337,7 +329,7 @@ def nafnet_local(*, img_channel: int = 3, width: int = 16, middle_blk_num: int =
 
 
 @register_model("Baseline", task="deblur", description=_DESC + " (GELU + squeeze-excitation)", call=_CALL,
-                **_test_spec({"type": "Baseline", **_TINY, "dw_expand": 2}))
+                test_spec={"type": "Baseline", **_TINY, "dw_expand": 2})
 def baseline(*, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1, enc_blk_nums: Sequence[int] = (),
              dec_blk_nums: Sequence[int] = (), dw_expand: int = 1, ffn_expand: int = 2, activation: str = "gelu",
              attention: str = "ca", train_size: Sequence[int] | None = None, fast_imp: bool = False,
@@ -351,7 +343,7 @@ def baseline(*, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1, 
 
 @register_model("BaselineLocal", task="deblur", description=_DESC + "; Baseline with test-time local pooling",
                 call=_CALL,
-                **_test_spec({"type": "BaselineLocal", **_TINY, "dw_expand": 2, "train_size": [1, 3, 16, 16]}))
+                test_spec={"type": "BaselineLocal", **_TINY, "dw_expand": 2, "train_size": [1, 3, 16, 16]})
 def baseline_local(*, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1,
                    enc_blk_nums: Sequence[int] = (), dec_blk_nums: Sequence[int] = (), dw_expand: int = 1,
                    ffn_expand: int = 2, train_size: Sequence[int] = (1, 3, 256, 256), fast_imp: bool = False,

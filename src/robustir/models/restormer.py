@@ -9,7 +9,6 @@ divisible by 8; the uniform restorer reflect-pads the bottom/right to a multiple
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -20,13 +19,6 @@ from torch.utils.checkpoint import checkpoint
 
 from robustir.errors import RobustirError
 from robustir.models.registry import CallConvention, register_model, register_preset
-
-# A tiny configuration for the generic model tests, passed only where the registry already takes `test_spec`.
-_TAKES_TEST_SPEC = "test_spec" in inspect.signature(register_model).parameters
-
-
-def _test_spec(spec: dict) -> dict:
-    return {"test_spec": spec} if _TAKES_TEST_SPEC else {}
 
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
@@ -144,8 +136,8 @@ class PatchEmbed(nn.Module):
 @register_model("Restormer", task="deblur",
                 description="Restormer (swz30/Restormer names); the restorer reflect-pads to x8 as the official test",
                 call=CallConvention(pad_multiple=8, pad_mode="reflect"),
-                **_test_spec({"type": "Restormer", "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
-                           "heads": [1, 2, 2, 4]}))
+                test_spec={"type": "Restormer", "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+                           "heads": [1, 2, 2, 4]})
 class Restormer(nn.Module):
     """Restormer with the official constructor and parameter names (defaults: the motion-deblurring release).
 
