@@ -316,7 +316,7 @@ def run_batch(ctx: Context, jobs: Sequence[Job]) -> list[BatchOutput]:
     if "eps" in first.params:
         params["eps"] = torch.tensor([float(j.params["eps"]) for j in jobs], device=ctx.device)
     generators = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
-    attack = preset(attack_entry.preset, generator=generators, **params)
+    attack = preset(attack_entry.preset, generator=generators[0], **params)
     with torch.no_grad():
         clean_out = model(y, **cond)
     result = attack(model, y, ref=x, target=target, cond=cond)
