@@ -309,3 +309,41 @@ def test_training_learns_and_uses_the_hook(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "config.yaml").is_file()
     with pytest.raises(RobustirError, match="pass --resume"):
         train(config_from_dict(raw), data=data, progress=False)
+
+
+@pytest.mark.data
+def test_blur_step_levin_matches_scipy(data_root: Path) -> None:
+    from scipy.ndimage import convolve
+
+    from robustir.degradations import levin_kernels
+
+    clean = torch.stack(images(5, 48, channels=3))
+    prep = build_batch_prep([{"type": "blur", "kernels": "levin"}, {"type": "noise", "sigma": [1, 2]}])
+    out = prep(clean, _ctx([0, 1, 2, 3, 4]))
+    assert out.kernel.shape == (5, 1, 27, 27)  # padded to the largest Levin kernel
+    levin = [k.numpy() for k in levin_kernels()]
+    for i in range(5):
+        k = out.kernel[i, 0].numpy()
+        padded = [np.pad(lk, [((27 - lk.shape[0]) // 2,) * 2, ((27 - lk.shape[1]) // 2,) * 2]) for lk in levin]
+        assert any(np.allclose(p, k, atol=1e-7) for p in padded)  # one of the Levin kernels, centred
+        ref = np.stack([convolve(clean[i, c].double().numpy(), k.astype(np.float64), mode="wrap") for c in range(3)])
+        noise = (out.inputs[i] - torch.from_numpy(ref).float()).flatten()
+        assert 1 / 255 * 0.8 < float(noise.std()) < 2 / 255 * 1.2  # what is left is the sigma in [1, 2] noise
+        assert 1 <= float(out.sigma[i]) * 255 <= 2
+
+
+def test_motion_blur_step_and_channels_last(tmp_path: Path) -> None:
+    clean = torch.stack(images(3, 32))
+    prep = build_batch_prep([{"type": "blur", "kernels": "motion", "size": 9, "intensity": [0.2, 0.8]}])
+    a, b = prep(clean, _ctx([4, 5, 6])), prep(clean[1:2], _ctx([5]))
+    torch.testing.assert_close(a.kernel[1], b.kernel[0], rtol=0, atol=0)
+    torch.testing.assert_close(a.kernel.sum((1, 2, 3)), torch.ones(3))
+    assert not torch.equal(a.kernel[0], a.kernel[1])
+    # channels_last training (the CUDA default) works on CPU too and agrees with the contiguous run
+    data = TrainingData(targets=images(4, 32))
+    runs = {}
+    for mode in ("off", "on"):
+        raw = tiny_config(tmp_path / mode, train={"steps": 4, "channels_last": mode})
+        runs[mode] = train(config_from_dict(raw), data=data, progress=False).weights
+    for k in runs["off"]:
+        torch.testing.assert_close(runs["on"][k], runs["off"][k], rtol=1e-4, atol=1e-5)

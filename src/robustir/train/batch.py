@@ -340,7 +340,7 @@ def blur_step(*, kernels: Any = "motion", size: int = 25, intensity: Any = (0.0,
         kmax = max(max(k.shape) for k in ks)
         kmax += 1 - kmax % 2  # odd, so the kernel centre is a pixel
         kb = torch.stack([_center_pad(k, kmax) for k in ks]).unsqueeze(1).to(batch.inputs)
-        y = torch.cat([blur(batch.inputs[i:i + 1], kb[i, 0], boundary=boundary) for i in range(batch.size)])
+        y = blur(batch.inputs, kb, boundary=boundary)
         return replace(batch, inputs=y, kernel=kb if record_kernel else batch.kernel)
 
     return step
