@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from robustir.checks import parse_fraction
 from robustir.errors import RobustirError
 from robustir.train import (Batch, PrepContext, build_batch_prep, build_loss, charbonnier_loss, config_from_dict,
-                            config_to_dict, l1_loss, l2_loss, load_config, lr_at, psnr_loss, register_step,
-                            select_samples)
+                            config_to_dict, l1_loss, l2_loss, load_config, lr_at, psnr_loss, register_noise_sampler,
+                            register_step, select_samples)
 from robustir.train.config import ScheduleConfig
 from robustir.train.loop import TrainingData, build_restorer, train
 from robustir.train.sampling import PatchSampler, stage_at
@@ -215,6 +215,26 @@ def test_mix_step_mixed_noise() -> None:
     assert 32 <= int((b.sigma * 255 > 40).sum()) <= 60  # about 3/4 at sigma 50
     again = prep(clean[5:6], _ctx([5]))
     torch.testing.assert_close(again.inputs[0], b.inputs[5], rtol=0, atol=0)
+
+
+@register_noise_sampler("test_typical_set")
+def _largest_of_k(shape: tuple[int, ...], sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """TS sampling as METHODS 4.5 reconstructs it: keep the largest-norm draw among K + 1 = 11."""
+    draws = torch.randn((11, *shape), generator=generator) * sigma
+    return draws[draws.flatten(1).norm(dim=1).argmax()]
+
+
+def test_noise_sampler_hook_typical_set_mix() -> None:
+    clean = torch.zeros(90, 1, 40, 40)
+    prep = build_batch_prep([{"type": "mix", "choices": [
+        {"weight": 2, "steps": [{"type": "noise", "sigma": 25}]},
+        {"weight": 1, "steps": [{"type": "noise", "sigma": 25, "sampler": "test_typical_set"}]}]}])
+    b = prep(clean, _ctx(range(90)))
+    rms = b.inputs.flatten(1).square().mean(1).sqrt() * 255
+    assert torch.allclose(b.sigma, torch.full((90,), 25 / 255))
+    ts = rms > 25.55  # the largest of 11 chi draws sits ~1.5 standard deviations (0.44) above 25 for d = 1600
+    assert 15 <= int(ts.sum()) <= 45  # about a third of the patches (TS-Pres 2 : 1)
+    assert float(rms[~ts].mean()) == pytest.approx(25.0, abs=0.15)
 
 
 def test_batch_prep_errors() -> None:
