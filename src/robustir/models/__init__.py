@@ -12,6 +12,9 @@ from robustir.models import deblurganv2  # noqa: F401,E402
 from robustir.models import dwdn  # noqa: F401,E402
 from robustir.models import rgdn  # noqa: F401,E402
 from robustir.models import dncnn  # noqa: F401,E402
+from robustir.models import ffdnet  # noqa: F401,E402
+from robustir.models import drunet  # noqa: F401,E402
+from robustir.models import dpir  # noqa: F401,E402
 from robustir.models import ecndnet  # noqa: F401,E402
 from robustir.models import rddcnn  # noqa: F401,E402
 from robustir.models import deamnet  # noqa: F401,E402

@@ -150,11 +150,25 @@ def read_matconvnet(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
+def _match_by_prefix(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """Add or strip one leading module prefix (e.g. `net.` of a saved Restorer) when that makes the key sets equal."""
+    for a, b, add in ((state, target, True), (target, state, False)):
+        first = next(iter(b), "")
+        for cut in [i + 1 for i, ch in enumerate(first) if ch == "."]:
+            prefix = first[:cut]
+            if all(k.startswith(prefix) for k in b) and {prefix + k for k in a} == set(b):
+                return {prefix + k if add else k[len(prefix):]: v for k, v in state.items()}
+    return None
+
+
 def adapt_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Rename a foreign checkpoint layout to the model's keys; checkpoints already in the model's layout pass through."""
     target = model.state_dict()
     if set(state) & set(target):
         return state
+    renamed = _match_by_prefix(state, target)
+    if renamed is not None:
+        return renamed
     if _is_indexed(state, "dncnn."):
         return convert_saoyan_dncnn(state, model)
     if _is_indexed(state, "matconvnet."):
