@@ -98,6 +98,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert "trained 60 steps" in out.decode()
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 60  # every line parses (a line cut by the kill is dropped on resume)
 
     ref = train(load_config(_config(tmp_path, "straight")), progress=False)
     killed = load_file(str(tmp_path / "killed" / "model.safetensors"))

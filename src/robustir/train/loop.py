@@ -161,6 +161,13 @@ def _check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> 
         raise RobustirError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs))
 
 
+def _drop_partial_line(path: Path) -> None:
+    """Truncate a text file after its last newline."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def _make_optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
     """Adam or AdamW from the config."""
     o = cfg.optim
@@ -246,6 +253,8 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     total = cfg.train.steps
     bar = _progress(total, start, progress and di.is_main)
     log_file = out / "log.jsonl"
+    if di.is_main and log_file.is_file():
+        _drop_partial_line(log_file)  # a kill may have cut the last line short
     t0 = time.perf_counter()
     t_last, samples_since = t0, 0
     last_val: dict[str, float] = history.get("last", {}) if isinstance(history, dict) else {}
