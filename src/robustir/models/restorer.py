@@ -110,5 +110,4 @@ def restorer(spec_or_net: Mapping[str, Any] | str | nn.Module, *, weights: Any =
         from robustir.models.weights import load_weights
 
         load_weights(net, weights)
-    net.eval()
-    return Restorer(net, conv, name=info.name if info else type_name)
+    return Restorer(net, conv, name=info.name if info else type_name).eval()
