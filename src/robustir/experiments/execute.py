@@ -211,6 +211,7 @@ def prepare(exp: Experiment) -> Context:
             for i, (name, x) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
         ]
     jobs = expand_jobs(exp, items, fingerprints, target_of=cyclic_target)
+    _preflight(exp, device, images, kernels)
     snapshot = {"name": exp.name, "fingerprint": exp.fingerprint(), "seed": exp.seed, "paper": exp.paper,
                 "description": exp.description,
                 "models": {m.id: {"spec": m.spec, "weights": m.weights, "sigma": m.sigma, "label": m.label or m.id,
@@ -225,6 +226,32 @@ def prepare(exp: Experiment) -> Context:
     ctx = Context(exp, device, items, jobs, fingerprints, snapshot)
     ctx._images, ctx._kernels = images, kernels
     return ctx
+
+
+def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Tensor]],
+               kernels: dict[str, list[Tensor] | None]) -> None:
+    """Fail early, naming model and dataset, when a model cannot take a dataset (channels, missing sigma/kernel)."""
+    for model_entry in exp.models:
+        model = load_model(model_entry, device)
+        for data in exp.data:
+            x = images[data.id][0][None].to(device)
+            ks = kernels[data.id]
+            size = 64 if ks is None else max(64, 2 * max(ks[0].shape))
+            x = x[..., :size, :size]
+            cond: dict[str, Any] = {}
+            if model.needs_sigma:
+                cond["sigma"] = float(model_entry.sigma) / 255.0
+            if model.needs_kernel:
+                if ks is None:
+                    raise RobustirError(f"models.{model_entry.id} is a non-blind deblurrer but data.{data.id} has no "
+                                        f"kernels (set degradation.kernels)")
+                cond["kernel"] = ks[0].to(device)
+            try:
+                with torch.no_grad():
+                    model(x, **cond)
+            except RobustirError as exc:
+                raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (images with "
+                                    f"{x.shape[1]} channel(s)): {exc}") from None
 
 
 def cyclic_target(item: Item, items: Sequence[Item]) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import robustir
-from robustir.data.atomic import atomic_write_bytes, atomic_write_text
+from robustir.data.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from robustir.errors import RobustirError
 from robustir.experiments.db import DB_NAME, ResultsDB
 from robustir.experiments.execute import BatchOutput, Context, prepare, run_batch
@@ -115,6 +115,7 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
     t0 = time.perf_counter()
     exp.output.mkdir(parents=True, exist_ok=True)
     _check_output(exp, force)
+    remove_stale_temps(exp.output)  # left by a run killed in the middle of an atomic write
     ctx = prepare(exp)
     jobs = ctx.jobs
     with ResultsDB(exp.output / DB_NAME) as db:

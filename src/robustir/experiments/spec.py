@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from robustir.checks import parse_fraction
+from robustir.data.names import dataset_info
 from robustir.errors import RobustirError
 
 # Attack parameters that take numbers (fractions like 8/255 allowed); lists expand to grids.
@@ -199,7 +200,7 @@ def _parse_data(raw: Any, base: Path | None) -> tuple[DataEntry, ...]:
             raise RobustirError(f"data.{did}.degradation.boundary: expected circular/reflect/replicate/zeros/"
                                 f"valid, got {boundary!r}")
         source = str(entry["source"])
-        if "/" in source or source.startswith("."):
+        if dataset_info(source) is None:  # not a named dataset: a folder, relative to the experiment file
             source = _resolve_path(source, base)
         for key in ("limit", "crop", "resize", "channels"):
             v = entry.get(key)

@@ -1,0 +1,208 @@
+"""The experiment runner end to end: results, resume after SIGKILL, Ray backend equality, bad input, the report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage import data as skdata
+
+from robustir.errors import RobustirError
+from robustir.experiments.db import ResultsDB
+from robustir.experiments.runner import run_experiment
+from robustir.experiments.spec import load_experiment
+from robustir.models import build
+
+TINY = {"type": "DnCNN", "in_nc": 1, "out_nc": 1, "nc": 8, "nb": 3, "act_mode": "R"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with 3 small gray images and two tiny seeded DnCNN checkpoints (no shared data needed)."""
+    root = tmp_path_factory.mktemp("runner")
+    (root / "images").mkdir()
+    for name, img in (("camera", skdata.camera()), ("coins", skdata.coins()), ("moon", skdata.moon())):
+        Image.fromarray(np.ascontiguousarray(img[100:124, 100:124])).save(root / "images" / f"{name}.png")
+    from safetensors.torch import save_file
+
+    for i, nb in enumerate((3, 4)):
+        torch.manual_seed(i)
+        net = build({**TINY, "nb": nb})
+        save_file(net.state_dict(), root / f"tiny{i}.safetensors")
+    return root
+
+
+def _experiment(root: Path, **overrides: object) -> Path:
+    exp = {
+        "name": "tiny-sweep", "seed": 3, "output": "out", "batch_size": 2, "save_artifacts": 1,
+        "models": {"a": {"spec": TINY, "weights": "tiny0.safetensors", "label": "A"},
+                   "b": {"spec": {**TINY, "nb": 4}, "weights": "tiny1.safetensors", "label": "B", "craft": False}},
+        "data": {"imgs": {"source": "images", "degradation": {"noise_sigma": 25}}},
+        "attacks": {"dpgd": {"preset": "denoising_pgd_linf", "params": {"eps": ["1/255", "4/255"], "steps": [1, 3]}}},
+        "transfer": [{"source": "a", "targets": ["b"]}],
+        "metrics": ["psnr", "ssim", "mae"],
+    }
+    exp.update(overrides)
+    path = root / f"exp_{abs(hash(str(sorted(overrides.items())))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def _dump(out: Path) -> dict:
+    with ResultsDB(out / "results.sqlite") as db:
+        return db.dump()
+
+
+def test_run_records_every_job_and_report(workspace: Path) -> None:
+    exp = load_experiment(_experiment(workspace), output=str(workspace / "run_a"))
+    summary = run_experiment(exp, progress=False)
+    assert summary.total_jobs == 3 * 4 and summary.executed == 12 and summary.skipped == 0
+    dump = _dump(exp.output)
+    assert len(dump["jobs"]) == 12
+    assert len(dump["metrics"]) == 12 * 2 * 3  # evaluated on a and on the transfer target b, 3 metrics each
+    rows = ResultsDB(exp.output / "results.sqlite").rows()
+    by = {}
+    for r in rows:
+        by.setdefault((r["eval_model"], r["params"]["eps"], r["params"]["steps"], r["metric"]), []).append(r)
+    # the attack lowers white-box PSNR, more with a larger budget, and transfers to b
+    drop = {k: np.mean([r["clean"] - r["attacked"] for r in v]) for k, v in by.items()}
+    assert drop[("a", 4 / 255, 3, "psnr")] > drop[("a", 1 / 255, 3, "psnr")] > 0
+    assert drop[("b", 4 / 255, 3, "psnr")] > 0
+    # clean metrics are the same for every attack config (noise depends on the item only)
+    cleans = {round(r["clean"], 9) for r in rows if r["eval_model"] == "a" and r["metric"] == "psnr"
+              and r["item"] == "camera"}
+    assert len(cleans) == 1
+    # artifacts of the first image exist where the database says
+    arts = [r["artifacts"] for r in rows if r["item"] == "camera" and r["eval_model"] == "a"]
+    assert arts and all((exp.output / p).is_file() for a in arts for p in a.values())
+    # re-running does nothing
+    again = run_experiment(exp, progress=False)
+    assert again.executed == 0 and again.skipped == 12
+    assert _dump(exp.output) == dump
+    from robustir.report.build import build_report
+
+    files = build_report(exp.output)
+    md = files.markdown.read_text()
+    assert "B ← A" in md and "eps=4/255, steps=3" in md
+    html = files.html.read_text()
+    assert html.count("data:image/png;base64") >= 6 and "transferability" in html
+
+
+def _kill_when(cmd: list[str], db_path: Path, jobs: int, env: dict[str, str], timeout: float = 120) -> None:
+    """Start the run and SIGKILL it as soon as the database holds at least `jobs` finished jobs."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    t0 = time.time()
+    try:
+        while time.time() - t0 < timeout and proc.poll() is None:
+            if db_path.exists():
+                try:
+                    with sqlite3.connect(db_path, timeout=1) as c:
+                        if c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] >= jobs:
+                            break
+                except sqlite3.OperationalError:
+                    pass
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_sigkill_at_several_points_then_resume_equals_uninterrupted(workspace: Path) -> None:
+    path = _experiment(workspace)
+    ref = load_experiment(path, output=str(workspace / "ref"))
+    run_experiment(ref, progress=False)
+    expected = _dump(ref.output)
+    out = workspace / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "robustir.cli", "run", str(path), "--out", str(out), "--no-report", "--quiet"]
+    for jobs in (1, 4, 9):
+        _kill_when(cmd, out / "results.sqlite", jobs, env)
+        with ResultsDB(out / "results.sqlite") as db:
+            assert jobs <= len(db.finished_keys()) < 12
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _dump(out) == expected
+    # no half-written artifact or temporary file is left, and each artifact equals the uninterrupted run's bytes
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") and p.suffix == ".tmp" or ".tmp" in p.name]
+    assert leftovers == []
+    for p in (ref.output / "artifacts").rglob("*.*"):
+        assert (out / p.relative_to(ref.output)).read_bytes() == p.read_bytes()
+
+
+def test_ray_backend_gives_the_same_numbers(workspace: Path) -> None:
+    ray = pytest.importorskip("ray")
+    path = _experiment(workspace)
+    local = load_experiment(path, output=str(workspace / "local"))
+    run_experiment(local, progress=False)
+    remote = load_experiment(path, output=str(workspace / "ray"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        summary = run_experiment(remote, backend="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert summary.executed == 12
+    assert _dump(remote.output) == _dump(local.output)
+
+
+def test_output_folder_of_another_experiment_is_refused(workspace: Path) -> None:
+    out = workspace / "shared_out"
+    first = load_experiment(_experiment(workspace), output=str(out))
+    run_experiment(first, progress=False, max_batches=1)
+    other = load_experiment(_experiment(workspace, seed=4), output=str(out))
+    with pytest.raises(RobustirError, match="holds results of a different experiment"):
+        run_experiment(other, progress=False)
+    summary = run_experiment(other, progress=False, force=True, max_batches=1)
+    assert summary.skipped == 0
+    with ResultsDB(out / "results.sqlite") as db:
+        assert db.get_meta("fingerprint") == other.fingerprint()
+
+
+def test_failed_artifact_write_leaves_database_consistent(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import robustir.experiments.runner as runner
+
+    exp = load_experiment(_experiment(workspace), output=str(workspace / "disk_full"))
+    calls = {"n": 0}
+    real = runner.atomic_write_bytes
+
+    def flaky(path: Path, payload: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise OSError(28, "No space left on device")
+        real(path, payload)
+
+    monkeypatch.setattr(runner, "atomic_write_bytes", flaky)
+    with pytest.raises(OSError, match="No space left"):
+        run_experiment(exp, progress=False)
+    with ResultsDB(exp.output / "results.sqlite") as db:
+        partial = db.finished_keys()
+    assert 0 < len(partial) < 12
+    monkeypatch.setattr(runner, "atomic_write_bytes", real)
+    run_experiment(exp, progress=False)
+    ref = load_experiment(_experiment(workspace), output=str(workspace / "run_a"))
+    if not (ref.output / "results.sqlite").exists():
+        run_experiment(ref, progress=False)
+    assert _dump(exp.output) == _dump(ref.output)
+
+
+def test_channel_mismatch_and_missing_weights_are_clear(workspace: Path) -> None:
+    rgb = workspace / "rgb"
+    rgb.mkdir(exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(skdata.astronaut()[:24, :24])).save(rgb / "astro.png")
+    path = _experiment(workspace, data={"c": {"source": str(rgb), "channels": 3}}, transfer=[])
+    with pytest.raises(RobustirError, match=r"models\.a cannot restore data\.c"):
+        run_experiment(load_experiment(path, output=str(workspace / "mismatch")), progress=False)
+    bad = _experiment(workspace, models={"a": {"spec": TINY, "weights": "nope.safetensors"}}, transfer=[])
+    with pytest.raises(RobustirError, match=r"models\.a\.weights: file not found"):
+        load_experiment(bad)
