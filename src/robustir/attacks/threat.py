@@ -102,25 +102,26 @@ class _Base:
 
 
 class _LinfProjector(_Base):
-    """L-inf ball ∩ value range: one clamp of the iterate against precomputed per-sample bounds."""
+    """L-inf ball ∩ value range, in place: adv ← clip_r(x + clip(adv − x, −ε, ε)) with ε precomputed per sample.
+
+    These are the reference operations (the `cospgd` package, torchattacks) in the same order, so the iterates are
+    bit-identical to theirs. A single clamp of adv against precomputed bounds [x − ε, x + ε] would be one pass cheaper
+    but differs in the last bit wherever fl(x + fl(adv − x)) ≠ adv (measured: ~0.3 % of pixels after 3 DnCNN steps).
+    """
 
     def __init__(self, clean: Tensor, eps: Tensor, value_range: ValueRange, mask: Tensor | None) -> None:
         self.clean, self.mask = clean, mask
         self.eps = eps
-        radius = eps if mask is None else eps * mask
-        self.radius = radius
-        # fl(x − ε) and fl(x + ε) are exactly what the reference projection clip(x + clip(ỹ − x, ±ε)) produces at the
-        # bounds, so one clamp gives the same iterates as the two-clamp formulation.
-        self.lower = clean - radius
-        self.upper = clean + radius
-        lo, hi = value_range if value_range is not None else (None, None)
-        if lo is not None:
-            self.lower.clamp_(min=lo)
-        if hi is not None:
-            self.upper.clamp_(max=hi)
+        self.radius = eps if mask is None else eps * mask
+        self.neg_radius = -self.radius
+        self.lo, self.hi = value_range if value_range is not None else (None, None)
+
+    def _clip_range_(self, adv: Tensor) -> None:
+        if self.lo is not None or self.hi is not None:
+            adv.clamp_(min=self.lo, max=self.hi)
 
     def start(self, kind: str, generator: torch.Generator) -> Tensor:
-        """x + u, u ~ U(−ε, ε) ('uniform', PGD) or clip(N(0,1), ±ε) ('normal', seed-001 code), then projected."""
+        """x + u, u ~ U(−ε, ε) ('uniform', PGD) or clip(N(0,1), ±ε) ('normal', seed-001 code), clipped to the range."""
         x = self.clean
         if kind == "uniform":
             u = _uniform(tuple(x.shape), self.eps, generator, x)
@@ -131,13 +132,16 @@ class _LinfProjector(_Base):
             raise RobustirError(f"random_start: unknown kind {kind!r} for an L-inf threat; use 'uniform' or 'normal'")
         if self.mask is not None:
             u = u * self.mask
-        adv = x + u
-        self.project_(adv)
+        adv = x + u  # |u| <= ε already: only the range clip remains (as `cospgd.init_linf`)
+        self._clip_range_(adv)
         return adv
 
     def project_(self, adv: Tensor) -> None:
-        """Clamp in place against the precomputed bounds."""
-        torch.clamp(adv, self.lower, self.upper, out=adv)
+        """In place, no allocation: δ = clip(adv − x, ±ε); adv = clip_r(x + δ)."""
+        adv.sub_(self.clean)
+        torch.clamp(adv, self.neg_radius, self.radius, out=adv)
+        adv.add_(self.clean)
+        self._clip_range_(adv)
 
 
 class _L2Projector(_Base):
