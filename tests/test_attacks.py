@@ -446,3 +446,29 @@ def test_bad_input_errors() -> None:
     with pytest.raises(RobustirError, match="cond"):
         Attack(None, MSE(), SignStep(0.01), 2, cond_threats={"kernel": CondThreat(KernelSimplexBall(0.01),
                                                                                    SignStep(0.01))})(net, x, ref=gt)
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_attack_writes_lossless_outputs(tmp_path) -> None:  # noqa: ANN001
+    from robustir.cli import main
+    from robustir.data.io import load_tensors, save_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    g = gen(3)
+    for i in range(2):
+        save_image(torch.rand(1, 16, 16, generator=g), src / f"{i}.png")
+    out = tmp_path / "out"
+    code = main(["attack", "--model", "dncnn-s25", "--attack", "pgd", "--eps", "4/255", "--alpha", "1/255",
+                 "--steps", "2", "--sigma", "25", "--input", str(src), "--out", str(out)])
+    assert code == 0
+    t = load_tensors(out / "adversarial" / "0.safetensors")
+    assert set(t) == {"x_adv", "x", "gt", "delta"}
+    assert float(t["delta"].abs().max()) <= 4 / 255 + 1e-7 and float(t["delta"].abs().max()) > 0
+    torch.testing.assert_close(t["x_adv"] - t["x"], t["delta"])
+    for sub in ("previews/0_adv.png", "restored/0_clean.png", "restored/0_adv.png", "perturbation/1.png"):
+        assert (out / sub).is_file()
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("image,clean_psnr,adv_psnr") and len(lines) == 3
+    assert main(["attack", "--model", "dncnn-s25", "--attack", "nope", "--input", str(src), "--out", str(out)]) == 2
