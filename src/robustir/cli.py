@@ -20,7 +20,7 @@ def _register_commands() -> None:
     import importlib
 
     for module in ("robustir.data.cli", "robustir.experiments.cli", "robustir.report.cli",
-                   "robustir.train.cli"):
+                   "robustir.train.cli", "robustir.attacks.cli"):
         mod = importlib.import_module(module)
         for command in mod.COMMANDS:
             cli.add_command(command)
