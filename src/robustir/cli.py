@@ -20,7 +20,8 @@ def _register_commands() -> None:
     import importlib
 
     for module in ("robustir.data.cli", "robustir.experiments.cli", "robustir.report.cli",
-                   "robustir.train.cli", "robustir.attacks.cli"):
+                   "robustir.train.cli", "robustir.attacks.cli",
+                   "robustir.train.deblur_cli"):
         mod = importlib.import_module(module)
         for command in mod.COMMANDS:
             cli.add_command(command)

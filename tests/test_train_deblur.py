@@ -1,0 +1,196 @@
+"""Deblurring training and shipped checkpoints: the synthetic-blur batch preparation of the shipped configs (correct,
+deterministic), the Wiener baseline (vs scikit-image), the held-out set, shipping a run as checkpoint + card, and every
+shipped deblurring checkpoint (strict load, card claims re-checked on a small held-out set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from robustir.degradations import blur, motion_kernel
+from robustir.errors import RobustirError
+from robustir.train import PrepContext, build_batch_prep, config_from_dict
+from robustir.train.deblur import (CHECKPOINT_DIR, evaluate_deblur, heldout_set, identity_scores, load_shipped,
+                                   make_deblur_set, ship_run, transfer_function, wiener_baseline, wiener_restore)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs" / "train").glob("*deblur*.yaml"))
+CARDS = sorted(p for p in CHECKPOINT_DIR.glob("*.json")
+               if json.loads(p.read_text(encoding="utf-8")).get("task") == "deblur")
+
+
+def smooth_images(n: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    """Smooth random colour images (structure a deblurrer can recover)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, size // 8, size // 8, generator=g)
+    return list(torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+                .clamp(0, 1))
+
+
+def motion_kernels(n: int, size: int = 9, seed: int = 0) -> list[torch.Tensor]:
+    """Random motion kernels (no data root needed)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.as_tensor(motion_kernel(size, intensity=0.5, generator=g), dtype=torch.float32) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------- configs and prep
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_deblur_configs_are_valid(path: Path) -> None:
+    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    assert cfg.data.train == "bsds400" and cfg.data.channels == 3
+    assert cfg.val.dataset == "cbsd68"
+
+
+def test_deblur_batch_prep_is_blur_plus_small_noise_and_deterministic(data_root: Path) -> None:
+    cfg = config_from_dict(yaml.safe_load(CONFIGS[0].read_text(encoding="utf-8")))
+    prep = build_batch_prep(cfg.batch)
+    clean = torch.stack(smooth_images(16, 48, seed=1))
+    ctx = PrepContext(seed=3, step=0, sample_ids=torch.arange(100, 116))
+    a, b = prep(clean, ctx), prep(clean, ctx)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.kernel, b.kernel)
+    other = prep(clean, PrepContext(seed=3, step=0, sample_ids=torch.arange(200, 216)))
+    assert not torch.equal(a.inputs, other.inputs)
+    # every sample: a normalised odd kernel, input = circular blur of the clean patch + noise of 1..2 / 255
+    assert a.kernel.shape[0] == 16 and a.kernel.shape[-1] % 2 == 1
+    torch.testing.assert_close(a.kernel.sum((1, 2, 3)), torch.ones(16), atol=1e-5, rtol=0)
+    for i in range(16):
+        residual = a.inputs[i:i + 1] - blur(clean[i:i + 1], a.kernel[i, 0], boundary="circular")
+        assert 0.8 / 255 < float(residual.std()) < 2.2 / 255
+        assert 1.0 / 255 - 1e-6 <= float(a.sigma[i]) <= 2.0 / 255 + 1e-6
+    # both kernel families occur: the 8 Levin kernels and random motion kernels (the mix is 50/50)
+    from robustir.degradations import levin_kernels
+    from robustir.train.deblur import _centre_pad
+
+    size = a.kernel.shape[-1]
+    levin = [_centre_pad(torch.as_tensor(k, dtype=torch.float32), size) for k in levin_kernels(data_root)]
+    is_levin = [any(torch.allclose(a.kernel[i, 0], k) for k in levin) for i in range(16)]
+    assert 0 < sum(is_levin) < 16
+
+
+# ---------------------------------------------------------------------------------------------------------- Wiener
+
+def test_transfer_function_matches_circular_blur() -> None:
+    x = torch.rand(2, 3, 20, 24, dtype=torch.float64)
+    k = torch.stack([torch.nn.functional.pad(kk, (1, 1, 1, 1)) for kk in motion_kernels(2, size=7)]).unsqueeze(1)
+    H = transfer_function(k, (20, 24))
+    via_fft = torch.fft.ifft2(H * torch.fft.fft2(x)).real
+    direct = torch.cat([blur(x[i:i + 1], k[i, 0].double(), boundary="circular") for i in range(2)])
+    torch.testing.assert_close(via_fft, direct, atol=1e-12, rtol=0)
+
+
+def test_wiener_matches_scikit_image() -> None:
+    from skimage.restoration import wiener
+
+    x = torch.stack(smooth_images(1, 32))
+    k = motion_kernels(1, size=9)[0]
+    y = blur(x, k, boundary="circular") + 0.01 * torch.randn(1, 3, 32, 32)
+    ours = wiener_restore(y.double(), k[None, None].double(), nsr=3e-3)
+    for c in range(3):
+        # reg = a unit impulse makes scikit-image's regularised filter the constant-NSR Wiener filter
+        ref = wiener(y[0, c].double().numpy(), k.double().numpy(), balance=3e-3, reg=np.ones((1, 1)), clip=False)
+        np.testing.assert_allclose(ours[0, c].numpy(), ref, atol=1e-10)
+
+
+def test_wiener_errors() -> None:
+    y = torch.rand(1, 3, 8, 8)
+    with pytest.raises(RobustirError, match="nsr"):
+        wiener_restore(y, torch.ones(1, 1, 3, 3) / 9, nsr=0.0)
+    with pytest.raises(RobustirError, match="larger than"):
+        wiener_restore(y, torch.ones(1, 1, 9, 9) / 81, nsr=1e-2)
+    with pytest.raises(RobustirError, match="kernel"):
+        wiener_restore(y, torch.ones(3, 3) / 9, nsr=1e-2)
+
+
+def test_deblur_set_and_wiener_baseline() -> None:
+    imgs, ks = smooth_images(2, 32), motion_kernels(3)
+    d = make_deblur_set(imgs, ks, sigma=2.0, seed=5)
+    assert len(d) == 6 and d.kernel.shape == (6, 1, 9, 9)
+    again = make_deblur_set(imgs, ks, sigma=2.0, seed=5)
+    assert torch.equal(d.blurred, again.blurred)
+    noise = d.blurred - blur(d.clean, d.kernel, boundary="circular")
+    assert abs(float(noise.std()) - 2 / 255) < 0.2 / 255
+    base = wiener_baseline(d, grid=(1e-4, 1e-3, 1e-2))
+    assert base["nsr"] in (1e-4, 1e-3, 1e-2) and len(base["psnr_per_kernel"]) == 3
+    assert base["psnr"] > identity_scores(d)["psnr"] + 1.0  # deconvolution with the true kernel helps
+    with pytest.raises(RobustirError, match="images"):
+        make_deblur_set([imgs[0], imgs[1][:, :16]], ks)
+
+
+# -------------------------------------------------------------------------------------------------------- shipping
+
+@pytest.mark.parametrize("spec", [
+    {"type": "NAFNet", "img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1],
+     "dec_blk_nums": [1, 1]},
+    {"type": "RGDN", "n_feature_2": 6, "num_steps": 2},
+])
+def test_ship_run_writes_loadable_checkpoint_and_card(tmp_path: Path, spec: dict) -> None:
+    from robustir.models import build
+    from robustir.train.checkpoint import save_weights, write_json
+
+    net = build(spec)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(run / "model.safetensors", net.state_dict())
+    config = {"model": spec, "data": {"train": "bsds400", "channels": 3, "patch_size": 64, "batch_size": 8,
+                                      "augment": True}, "batch": [{"type": "noise", "sigma": [1, 2]}],
+              "train": {"seed": 7}}
+    write_json(run / "model.json", {"spec": spec, "steps": 3, "weights": "params", "val": {}, "wall_time_s": 1.5,
+                                    "config": config})
+    data = make_deblur_set(smooth_images(1, 32), motion_kernels(2), sigma=2.0, description={"set": "synthetic"})
+    card = ship_run(run, "tiny_deblur", command="robustir train x.yaml", dest=tmp_path / "ckpt", data=data,
+                    wiener={"psnr": 0.0, "ssim": 0.0, "nsr": 1e-2})
+    for key in ("name", "spec", "task", "data", "degradation", "command", "seed", "steps", "wall_time_s", "metrics",
+                "notes", "config"):
+        assert key in card
+    assert card["seed"] == 7 and card["task"] == "deblur" and card["blind"] == (spec["type"] == "NAFNet")
+    model, card2 = load_shipped("tiny_deblur", dest=tmp_path / "ckpt")
+    assert card2 == json.loads(json.dumps(card))
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), model.net.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert card["metrics"]["model"]["psnr"] == pytest.approx(evaluate_deblur(model, data)["psnr"], abs=1e-9)
+    with pytest.raises(RobustirError, match="no shipped checkpoint"):
+        load_shipped("missing", dest=tmp_path / "ckpt")
+    with pytest.raises(RobustirError, match="no finished run"):
+        ship_run(tmp_path / "empty", "x", command="c", data=data)
+
+
+# ----------------------------------------------------------------------------------------- the shipped checkpoints
+
+@pytest.fixture(scope="module")
+def heldout_prefix() -> object:
+    """The first 3 images of the cards' held-out set (CBSD68 centre 128², 8 Levin kernels, sigma 2, seed 0)."""
+    from robustir.data import data_root
+
+    root = data_root(required=False)
+    if root is None:
+        pytest.skip("shared data root not found (set ROBUSTIR_DATA or place it at ../shared/data)")
+    return heldout_set(n_images=3, root=root)
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
+def test_shipped_deblur_checkpoint(card_path: Path, heldout_prefix: object) -> None:
+    from robustir.train.deblur import WienerRestorer
+
+    data = heldout_prefix
+    model, card = load_shipped(card_path.stem)  # strict load into the card's spec
+    assert card["name"] == card_path.stem and card["task"] == "deblur"
+    assert card_path.with_suffix(".safetensors").stat().st_size < 2_000_000
+    m = card["metrics"]
+    assert m["heldout"]["pairs"] == 80 and m["heldout"]["crop"] == "centre 128x128"
+    scores = evaluate_deblur(model, data, with_ssim=False)
+    # the card's numbers reproduce on this prefix of its held-out set
+    np.testing.assert_allclose(scores["psnr_per_image"], m["model"]["psnr_per_image"][:3], atol=2e-3)
+    wiener = evaluate_deblur(WienerRestorer(nsr=m["wiener"]["nsr"]), data, with_ssim=False)
+    np.testing.assert_allclose(wiener["psnr_per_image"], m["wiener"]["psnr_per_image"][:3], atol=2e-3)
+    # the model restores something, and its win or loss against Wiener is what the card says
+    assert scores["psnr"] > identity_scores(data)["psnr"]
+    gain = m["psnr_gain_over_wiener"]
+    assert gain == pytest.approx(m["model"]["psnr"] - m["wiener"]["psnr"], abs=1e-3)
+    if abs(gain) > 0.3:
+        assert (scores["psnr"] > wiener["psnr"]) == (gain > 0)
