@@ -9,13 +9,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import png
 import pytest
 import tifffile
 import torch
 from PIL import Image
 
 from robustir.data import data_root, image_size, load_image, load_tensors, save_image, save_tensors, tensors_metadata
-from robustir.data.io import _png_header, _read_png_direct
 from robustir.errors import RobustirError
 
 RNG = np.random.default_rng(0)
@@ -86,7 +86,10 @@ def test_save_16bit_rgb_png_is_lossless_and_pillow_sees_the_high_byte(tmp_path: 
     arr = _u16(21, 18, 3)
     path = tmp_path / "c16.png"
     save_image(_chw(arr, 65535.0), path, bits=16)
-    assert _png_header(path)[2:4] == (16, 2)
+    with open(path, "rb") as fh:
+        reader = png.Reader(file=fh)
+        reader.preamble()
+        assert (reader.bitdepth, reader.color_type, reader.interlace) == (16, 2, 0)
     torch.testing.assert_close(load_image(path), _chw(arr, 65535.0), rtol=0, atol=0)
     with Image.open(path) as img:  # Pillow decodes 16-bit RGB to 8 bits by keeping the most significant byte
         img.verify()  # checks chunk CRCs
@@ -102,34 +105,65 @@ def test_save_16bit_gray_png_read_by_pillow(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(img).astype(np.uint16), arr)
 
 
-@pytest.mark.parametrize("mode", ["LA", "RGBA"])
-def test_alpha_png_16bit_direct_decoder(tmp_path: Path, mode: str) -> None:
-    # Pillow cannot write 16-bit alpha PNGs: build one by hand (colour type 4 or 6, filter 'None').
-    ch = 2 if mode == "LA" else 4
-    arr = _u16(7, 9, ch)
-    raw = b"".join(b"\x00" + arr[r].astype(">u2").tobytes() for r in range(7))
+def _png16_all_filters(arr: np.ndarray) -> bytes:
+    """A 16-bit PNG written independently of pypng: row r uses filter r % 5 (None/Sub/Up/Average/Paeth)."""
+    h, w = arr.shape[:2]
+    ch = 1 if arr.ndim == 2 else arr.shape[2]
+    x = arr.astype(">u2").reshape(h, -1).view(np.uint8).astype(np.int32)
+    a = np.pad(x, ((0, 0), (2 * ch, 0)))[:, :-2 * ch]  # the same byte of the pixel to the left
+    b = np.pad(x, ((1, 0), (0, 0)))[:-1]  # the byte above
+    c = np.pad(b, ((0, 0), (2 * ch, 0)))[:, :-2 * ch]
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    preds = [np.zeros_like(x), a, b, (a + b) // 2, paeth]
+    raw = b"".join(bytes([r % 5]) + ((x[r] - preds[r % 5][r]) % 256).astype(np.uint8).tobytes() for r in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", 9, 7, 16, 4 if ch == 2 else 6, 0, 0, 0)
-    path = tmp_path / "a16.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    with pytest.warns(UserWarning, match="alpha channel dropped"):
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[ch], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_16bit_png_every_colour_type_and_row_filter(tmp_path: Path, mode: str) -> None:
+    arr = _u16(11, 9, len(mode))
+    path = tmp_path / "f16.png"
+    path.write_bytes(_png16_all_filters(arr if len(mode) > 1 else arr[..., 0]))
+    expected = _chw(arr[..., :3] if mode.startswith("RGB") else arr[..., :1], 65535.0)
+    if "A" in mode:
+        with pytest.warns(UserWarning, match="alpha channel dropped"):
+            x = load_image(path)
+    else:
         x = load_image(path)
-    torch.testing.assert_close(x, _chw(arr[..., :-1], 65535.0), rtol=0, atol=0)
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    if mode == "L":  # Pillow decodes 16-bit gray exactly: an independent check of the hand-made file
+        np.testing.assert_array_equal(np.asarray(Image.open(path)).astype(np.uint16), arr[..., 0])
 
 
-def test_direct_png_decoder_matches_pillow_on_all_filter_types(tmp_path: Path) -> None:
+def test_16bit_natural_gray_png_written_by_pillow(tmp_path: Path) -> None:
     from skimage import data
 
-    # Pillow's encoder picks Sub/Up/Average/Paeth adaptively on natural images: all four unfilter paths are used.
-    for i, arr in enumerate([data.astronaut()[:64, :80], data.camera()[:50, :70], data.coffee()[:40, :30]]):
-        path = tmp_path / f"n{i}.png"
-        Image.fromarray(arr).save(path)
-        w, h, depth, ctype, interlace = _png_header(path)
-        got = _read_png_direct(path, w, h, depth, ctype, interlace)
-        np.testing.assert_array_equal(got.reshape(arr.shape), arr)
+    arr = data.camera()[:64, :96].astype(np.uint16) * 257  # Pillow picks Sub/Up/Paeth adaptively on natural images
+    Image.fromarray(arr).save(tmp_path / "cam16.png")
+    torch.testing.assert_close(load_image(tmp_path / "cam16.png"), _chw(arr, 65535.0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("planes", [1, 3])
+def test_16bit_png_round_trip_and_interlaced(tmp_path: Path, planes: int) -> None:
+    arr = _u16(13, 17, planes) if planes == 3 else _u16(13, 17)
+    save_image(_chw(arr, 65535.0), tmp_path / "s.png", bits=16)
+    torch.testing.assert_close(load_image(tmp_path / "s.png"), _chw(arr, 65535.0), rtol=0, atol=0)
+    path = tmp_path / "adam7.png"
+    with open(path, "wb") as fh:
+        png.Writer(17, 13, greyscale=planes == 1, bitdepth=16, interlace=True).write(fh, arr.reshape(13, -1).tolist())
+    with Image.open(path) as img:
+        assert img.info.get("interlace") == 1
+        pil = np.asarray(img)
+    torch.testing.assert_close(load_image(path), _chw(arr, 65535.0), rtol=0, atol=0)
+    # Pillow decodes the same interlaced file independently (16-bit colour to its high byte)
+    np.testing.assert_array_equal(pil.astype(np.uint16), arr if planes == 1 else arr >> 8)
 
 
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])
@@ -170,6 +204,11 @@ def test_truncated_and_unreadable_files_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "c16cut.png").write_bytes((tmp_path / "c16.png").read_bytes()[:200])
     with pytest.raises(RobustirError, match="c16cut.png.*truncated"):
         load_image(tmp_path / "c16cut.png")
+    data = bytearray((tmp_path / "c16.png").read_bytes())
+    data[-30] ^= 0xFF  # inside the image data: the chunk checksum no longer matches
+    (tmp_path / "c16bad.png").write_bytes(bytes(data))
+    with pytest.raises(RobustirError, match="c16bad.png.*corrupt.*[Cc]hecksum"):
+        load_image(tmp_path / "c16bad.png")
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(RobustirError, match="text.png"):
         load_image(tmp_path / "text.png")

@@ -1,7 +1,7 @@
 """Image and tensor files: PNG/JPEG/TIFF/BMP in, PNG (8/16-bit) and safetensors (lossless float) out, atomically.
 
-Pillow silently reduces 16-bit colour PNGs to 8 bits, so 16-bit PNGs with colour or alpha are read and written by the
-small PNG codec below (non-interlaced only); TIFFs go through tifffile, everything else through Pillow.
+Pillow silently reduces 16-bit colour PNGs to 8 bits, so 16-bit PNGs are read and written with pypng; TIFFs go
+through tifffile, everything else through Pillow.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import png
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
@@ -22,91 +23,33 @@ from robustir.checks import check_image
 from robustir.data.atomic import atomic_path
 from robustir.errors import RobustirError
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (palette excluded)
-
 
 # ---------------------------------------------------------------------------------------------------------- reading
 
-def _png_header(path: Path) -> tuple[int, int, int, int, int] | None:
-    """(width, height, bit depth, colour type, interlace) of a PNG file, or None if it is not a PNG."""
+def _read_png16(path: Path) -> tuple[np.ndarray, bool] | None:
+    """Decode a 16-bit PNG with pypng (any colour type, interlaced or not); None if the file is no 16-bit PNG.
+
+    Returns (H, W[, C]) uint16 samples as stored (sBIT is not applied) and whether an alpha channel was dropped.
+    """
     with open(path, "rb") as fh:
-        head = fh.read(33)
-    if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return None
-    width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
-    return width, height, depth, ctype, interlace
-
-
-def _unfilter_rows(raw: bytes, height: int, stride: int, bpp: int, path: Path) -> np.ndarray:
-    """Undo the PNG per-row filters (None/Sub/Up/Average/Paeth); returns (height, stride) uint8."""
-    if len(raw) < height * (stride + 1):
-        raise RobustirError(f"cannot read image {str(path)!r}: PNG data is truncated")
-    rows = np.frombuffer(raw, dtype=np.uint8, count=height * (stride + 1)).reshape(height, stride + 1)
-    out = np.zeros((height, stride), dtype=np.uint8)
-    prior = np.zeros(stride, dtype=np.uint8)
-    for r in range(height):
-        ftype, line = int(rows[r, 0]), rows[r, 1:]
-        if ftype == 0:
-            cur = line.copy()
-        elif ftype == 1:  # Sub: a running sum per byte position modulo 256
-            cur = np.cumsum(line.reshape(-1, bpp).astype(np.uint64), axis=0).astype(np.uint8).reshape(-1)
-        elif ftype == 2:
-            cur = line + prior
-        elif ftype in (3, 4):  # Average / Paeth depend on the reconstructed left byte: sequential
-            cur_l = [0] * stride
-            line_l, prior_l = line.tolist(), prior.tolist()
-            for i in range(stride):
-                a = cur_l[i - bpp] if i >= bpp else 0
-                b = prior_l[i]
-                if ftype == 3:
-                    pred = (a + b) >> 1
-                else:
-                    c = prior_l[i - bpp] if i >= bpp else 0
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-                cur_l[i] = (line_l[i] + pred) & 0xFF
-            cur = np.asarray(cur_l, dtype=np.uint8)
-        else:
-            raise RobustirError(f"cannot read image {str(path)!r}: invalid PNG filter type {ftype} in row {r}")
-        out[r] = cur
-        prior = cur
-    return out
-
-
-def _read_png_direct(path: Path, width: int, height: int, depth: int, ctype: int, interlace: int) -> np.ndarray:
-    """Decode an 8- or 16-bit non-palette PNG into an (H, W, channels) uint8/uint16 array."""
-    if interlace:
-        raise RobustirError(f"cannot read image {str(path)!r}: interlaced 16-bit PNGs are not supported "
-                            f"(re-save it without interlacing)")
-    if depth not in (8, 16) or ctype not in _PNG_CHANNELS:
-        raise RobustirError(f"cannot read image {str(path)!r}: PNG bit depth {depth} / colour type {ctype} is not "
-                            f"handled by the direct decoder")
-    data = path.read_bytes()
-    pos, idat, ended = 8, [], False
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
-        if len(chunk) < length:
-            break
-        if kind == b"IDAT":
-            idat.append(chunk)
-        elif kind == b"IEND":
-            ended = True
-            break
-        pos += 12 + length
-    if not idat or not ended:
-        raise RobustirError(f"cannot read image {str(path)!r}: PNG file is truncated (no complete image data)")
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise RobustirError(f"cannot read image {str(path)!r}: corrupt PNG data ({exc})") from None
-    channels, nbytes = _PNG_CHANNELS[ctype], depth // 8
-    rows = _unfilter_rows(raw, height, width * channels * nbytes, channels * nbytes, path)
-    if depth == 8:
-        return rows.reshape(height, width, channels)
-    return rows.view(">u2").astype(np.uint16).reshape(height, width, channels)
+        if fh.read(len(png.signature)) != png.signature:
+            return None
+        fh.seek(0)
+        reader = png.Reader(file=fh)
+        try:
+            reader.preamble()
+            if reader.bitdepth != 16:
+                return None
+            width, height, rows, info = reader.read()
+            rows = [np.frombuffer(row, dtype=np.uint16) for row in rows]
+        except (png.Error, EOFError, zlib.error, IndexError, ValueError) as exc:  # all mean a damaged file
+            raise RobustirError(f"cannot read image {str(path)!r}: truncated or corrupt PNG file ({exc})") from None
+    planes = int(info["planes"])
+    if len(rows) != height or any(r.size != width * planes for r in rows):
+        raise RobustirError(f"cannot read image {str(path)!r}: truncated or corrupt PNG file ({len(rows)} of "
+                            f"{height} rows decoded)")
+    arr = np.stack(rows).reshape(height, width, planes)
+    return (arr[..., :-1], True) if info["alpha"] else (arr, False)
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -193,13 +136,8 @@ def load_image(path: str | os.PathLike) -> Tensor:
         if arr.ndim == 3 and arr.shape[-1] in (2, 4):
             arr, alpha = arr[..., :-1], True
     else:
-        header = _png_header(p)
-        if header is not None and header[2] == 16 and header[3] in (2, 4, 6):
-            arr = _read_png_direct(p, header[0], header[1], 16, header[3], header[4])
-            if header[3] in (4, 6):
-                arr, alpha = arr[..., :-1], True
-        else:
-            arr, alpha = _read_pillow(p)
+        direct = _read_png16(p)
+        arr, alpha = direct if direct is not None else _read_pillow(p)
     if alpha:
         warnings.warn(f"{p}: alpha channel dropped (robustir works on gray or RGB images)", stacklevel=2)
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -227,24 +165,6 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------------------------------- writing
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-
-def _encode_png16(arr: np.ndarray) -> bytes:
-    """Encode an (H, W) or (H, W, 3) uint16 array as a 16-bit PNG (filter 'Up' on every row)."""
-    h, w = arr.shape[:2]
-    channels = 1 if arr.ndim == 2 else arr.shape[2]
-    rows = arr.astype(">u2").reshape(h, w * channels).view(np.uint8)
-    up = np.empty_like(rows)
-    up[0] = rows[0]
-    up[1:] = rows[1:] - rows[:-1]  # uint8 wrap-around is the PNG 'Up' filter
-    raw = np.concatenate([np.full((h, 1), 2, dtype=np.uint8), up], axis=1).tobytes()
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 0 if channels == 1 else 2, 0, 0, 0)
-    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 6))
-            + _png_chunk(b"IEND", b""))
-
-
 def save_image(t: Tensor, path: str | os.PathLike, *, bits: int = 8) -> None:
     """Write a (C, H, W) or (1, C, H, W) tensor in [0,1] (C = 1 or 3) as an 8- or 16-bit PNG, atomically.
 
@@ -269,8 +189,11 @@ def save_image(t: Tensor, path: str | os.PathLike, *, bits: int = 8) -> None:
     with atomic_path(p) as tmp:
         if bits == 8:
             Image.fromarray(arr.astype(np.uint8)).save(tmp, format="PNG")
-        else:
-            tmp.write_bytes(_encode_png16(arr.astype(np.uint16)))
+        else:  # Pillow cannot write 16-bit colour
+            h, w = arr.shape[:2]
+            writer = png.Writer(w, h, greyscale=arr.ndim == 2, bitdepth=16, compression=6)
+            with open(tmp, "wb") as fh:
+                writer.write(fh, arr.astype(np.uint16).reshape(h, -1).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------- tensors
