@@ -41,7 +41,26 @@ def test_help_and_info(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert f"torch    {torch.__version__}" in out
     assert "numpy" in out and "device" in out and "models (" in out and "attack presets" in out
-    assert "set12" in out and "cbsd68" in out and "celeba_hq" in out
+    assert "set12" in out and "cbsd68" in out and "celeba_hq" in out and "skimage-gray" in out
+
+
+def test_builtin_datasets_without_a_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ROBUSTIR_DATA", str(tmp_path / "empty"))
+    assert main(["info"]) == 0
+    listed = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("  ")}
+    assert listed["skimage-gray"] == ["6", "images"] and listed["skimage-color"] == ["5", "images"]
+    assert listed["set12"][0] == "missing"
+    out = tmp_path / "out"
+    assert main(["degrade", "skimage-color", "--out", str(out), "--sigma", "15", "--limit", "2", "--size", "40"]) == 0
+    expected = DegradedImages("skimage-color", noise(15), seed=0, size=40)
+    for i, stem in enumerate(["astronaut", "chelsea"]):
+        tensors = load_tensors(out / "tensors" / f"{stem}.safetensors")
+        assert tensors["input"].shape == (3, 40, 40) and torch.equal(tensors["input"], expected[i]["input"])
+    assert main(["score", str(out / "target"), "skimage-gray"]) == 2  # names match no gray photo
+    assert "2 restoration(s) have no reference with the same name (e.g. astronaut" in capsys.readouterr().err
 
 
 def test_degrade_noise_matches_the_dataset_and_is_idempotent(tmp_path: Path,

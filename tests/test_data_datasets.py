@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from robustir.data import (DegradedImages, ImageFolder, PairedFolder, RandomPatches, dihedral, list_datasets,
-                           list_images, load_image, resolve_dataset, save_image)
+from robustir.data import (DatasetInfo, DegradedImages, ImageFolder, PairedFolder, RandomPatches, convert_channels,
+                           dihedral, list_datasets, list_images, load_image, resolve_dataset, save_image)
 from robustir.data.degrade import blind_noise, blur_noise, noise
 from robustir.errors import RobustirError
 
@@ -31,7 +31,8 @@ def _write_images(folder: Path, names: list[str], shape: tuple[int, ...], seed: 
 
 def test_named_datasets_resolve_through_the_data_root(data_root: Path) -> None:
     expected = {"set12": 12, "bsd68": 68, "cbsd68": 68, "train400": 400, "bsds500-train": 200, "bsds500-val": 100,
-                "bsds500-test": 200, "bsds400": 400, "bsds500-val32": 32, "celeba_hq": 10}
+                "bsds500-test": 200, "bsds400": 400, "bsds500-val32": 32, "celeba_hq": 10, "skimage-gray": 6,
+                "skimage-color": 5}
     assert set(expected) == set(list_datasets())
     for name, count in expected.items():
         assert len(resolve_dataset(name, data_root)) == count, name
@@ -60,6 +61,76 @@ def test_set12_folder_and_celeba_resize(data_root: Path) -> None:
     # antialiased downscaling keeps the mean of the 1024x1024 face
     full = load_image(faces64.paths[0])
     assert abs(float(x.mean()) - float(full.mean())) < 2e-3
+
+
+@pytest.fixture
+def no_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$ROBUSTIR_DATA points to an empty folder and the cwd has no ../shared/data."""
+    empty = tmp_path / "empty_root"
+    (empty / "cwd").mkdir(parents=True)
+    monkeypatch.setenv("ROBUSTIR_DATA", str(empty))
+    monkeypatch.chdir(empty / "cwd")
+    return empty
+
+
+def test_builtin_skimage_datasets_need_no_data_root(no_data_root: Path) -> None:
+    from skimage import data
+
+    gray, color = resolve_dataset("skimage-gray"), resolve_dataset("skimage-color")
+    assert [p.stem for p in gray] == ["brick", "camera", "coins", "grass", "gravel", "moon"]
+    assert [p.stem for p in color] == ["astronaut", "chelsea", "coffee", "motorcycle_left", "rocket"]
+    assert resolve_dataset("skimage-gray", no_data_root) == gray  # a data root is ignored, not needed
+    assert resolve_dataset("SKIMAGE-COLOUR") == color
+    assert all(p.parent == Path(data.__file__).parent for p in gray + color)  # read in place, nothing downloaded
+    with pytest.raises(RobustirError, match="dataset 'set12' not found under data root"):
+        resolve_dataset("set12")  # the empty data root still counts for the others
+    for name, channels in (("skimage-gray", 1), ("skimage-color", 3)):
+        ds = ImageFolder(name)
+        assert ds.channels == channels and len(ds) == len(resolve_dataset(name))
+        for i in range(len(ds)):
+            x = ds[i]["target"]
+            assert x.shape[0] == channels and x.dtype == torch.float32 and 0 <= float(x.min()) < float(x.max()) <= 1
+    # pixels as scikit-image's own loaders give them
+    torch.testing.assert_close(ImageFolder("skimage-gray")[1]["target"][0],
+                               torch.from_numpy(data.camera().astype(np.float32) / 255), rtol=0, atol=0)
+    rocket = torch.from_numpy(data.rocket().astype(np.float32) / 255).permute(2, 0, 1)
+    torch.testing.assert_close(ImageFolder("skimage-color")[4]["target"], rocket, rtol=0, atol=0)
+
+
+def test_named_dataset_channels_convert_colour_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from robustir.data import names
+    from robustir.data.names import _named, skimage_data_dir
+
+    info = DatasetInfo("luma", "colour photos as gray", _named("astronaut.png", "chelsea.png"), 1,
+                       home=skimage_data_dir)
+    monkeypatch.setitem(names.DATASETS, "luma", info)
+    ds = ImageFolder("luma")
+    for i, path in enumerate(ds.paths):
+        x = ds[i]["target"]
+        assert x.shape[0] == 1
+        torch.testing.assert_close(x, convert_channels(load_image(path), 1))
+        pil = np.asarray(Image.open(path).convert("L"), np.float32) / 255  # Pillow's ITU-R 601 luma, rounded
+        assert float((x[0] - torch.from_numpy(pil)).abs().max()) <= 0.5 / 255 + 1e-6
+    assert ImageFolder("luma", channels=3)[0]["target"].shape[0] == 3  # an explicit request wins
+    assert ImageFolder("skimage-gray", channels=3, limit=1)[0]["target"].shape == (3, 512, 512)
+    broken = DatasetInfo("broken", "missing files", _named("nope.png"), 1, home=lambda: tmp_path)
+    monkeypatch.setitem(names.DATASETS, "broken", broken)
+    with pytest.raises(RobustirError, match="dataset 'broken' not found in its installed package folder.*nope.png"):
+        resolve_dataset("broken")
+
+
+def test_builtin_datasets_in_degraded_images_patches_and_experiments(no_data_root: Path) -> None:
+    from robustir.experiments.execute import load_dataset_images
+    from robustir.experiments.spec import DataEntry
+
+    ds = DegradedImages("skimage-color", noise(25), seed=0, size=32)
+    item = ds[2]
+    assert item["input"].shape == item["target"].shape == (3, 32, 32) and item["name"] == "coffee.png"
+    patches = RandomPatches(ImageFolder("skimage-gray", limit=2), patch_size=16, patches_per_image=2, seed=0)
+    assert [patches[i]["target"].shape for i in range(4)] == [(1, 16, 16)] * 4
+    images = load_dataset_images(DataEntry("g", "skimage-gray", limit=3, crop=24))
+    assert [name for name, _ in images] == ["brick", "camera", "coins"]
+    assert all(x.shape == (1, 24, 24) for _, x in images)
 
 
 def test_unknown_names_list_valid_ones(tmp_path: Path) -> None:

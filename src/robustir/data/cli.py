@@ -71,10 +71,11 @@ def info(data_root: str | None) -> None:
     root = find_root(data_root, required=False)
     click.echo(f"\ndata root: {root if root is not None else 'not found (set --data-root or $ROBUSTIR_DATA)'}")
     for name, ds in list_datasets().items():
+        base = ds.home() if ds.home is not None else root
         status = ""
-        if root is not None:
+        if base is not None:
             try:
-                status = f"{len(ds.files(root))} images"
+                status = f"{len(ds.files(base))} images"
             except ValueError:
                 status = "missing"
         click.echo(f"  {name:<15} {status:<11} {ds.description}")

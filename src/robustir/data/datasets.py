@@ -69,7 +69,7 @@ class ImageFolder(Dataset):
     Args:
         source: dataset name, folder, or an explicit list of image paths.
         root: data root override for named datasets.
-        channels: force 1 (gray) or 3 (RGB) channels; None keeps each file's own.
+        channels: force 1 (gray) or 3 (RGB) channels; None: the named dataset's own count, or each file's own.
         size: resize every image to size x size (CelebA-HQ defaults to 256); 0 keeps the native size.
         limit: use only the first `limit` images (sorted by name).
     """
@@ -77,13 +77,13 @@ class ImageFolder(Dataset):
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], *,
                  root: str | os.PathLike | None = None, channels: int | None = None, size: int | None = None,
                  limit: int | None = None) -> None:
+        info = None
         if isinstance(source, (str, os.PathLike)):
             self.paths = resolve_dataset(source, root)
             info = dataset_info(os.fspath(source)) if not Path(os.fspath(source)).is_dir() else None
-            default_size = info.size if info is not None else None
         else:
             self.paths = check_image_paths(source)
-            default_size = None
+        default_size = info.size if info is not None else None
         self.size = default_size if size is None else (int(size) or None)
         if self.size is not None and self.size < 1:
             raise RobustirError(f"size: expected a positive image size, got {size!r}")
@@ -91,7 +91,7 @@ class ImageFolder(Dataset):
             if int(limit) < 1:
                 raise RobustirError(f"limit: expected a positive number of images, got {limit!r}")
             self.paths = self.paths[:int(limit)]
-        self.channels = _check_channels(channels)
+        self.channels = _check_channels(info.channels if channels is None and info is not None else channels)
         self.names = [p.name for p in self.paths]
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""`robustir demo`: an end-to-end run on images scikit-image bundles (no shared data needed).
+"""`robustir demo`: an end-to-end run on the built-in scikit-image photographs (no shared data needed).
 
 Load small crops, degrade them (Gaussian noise; motion blur + noise with a generated camera-shake kernel), restore
 them with the registered classical restorers (plus scikit-image's TV denoiser on the noise case, and an optional
@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from robustir.data.atomic import atomic_write_text
 from robustir.data.datasets import convert_channels, item_generator, resize_square
-from robustir.data.io import save_image
+from robustir.data.io import load_image, save_image
+from robustir.data.names import DATASETS, skimage_data_dir
 from robustir.data.pipeline import METRICS, format_table, score_pairs, write_csv
 from robustir.errors import RobustirError
 
-# scikit-image's bundled, openly licensed sample images (gray and colour)
+# stems of scikit-image's bundled, openly licensed photographs in the built-in datasets (gray and colour)
 SAMPLE_IMAGES = ("camera", "astronaut", "chelsea", "coffee")
 # classical (non-learned) restorers, by registered type name, tried in this order
 CLASSICAL = ("Wiener", "RichardsonLucy", "TV", "TVDeconv")
@@ -35,19 +35,15 @@ __all__ = ["CLASSICAL", "SAMPLE_IMAGES", "DemoCase", "demo_images", "run_demo", 
 
 
 def demo_images(size: int = 128, names: tuple[str, ...] = SAMPLE_IMAGES) -> dict[str, Tensor]:
-    """Centre crops of scikit-image sample images: shorter side resized to 2*size (antialiased), then cropped."""
-    from skimage import data as skdata
-
+    """Centre crops of the built-in 'skimage-gray' / 'skimage-color' photographs, by file stem: shorter side resized
+    to 2*size (antialiased), then cropped."""
+    # straight from the package folder: a folder named like the dataset in the cwd must not change the demo
+    paths = {p.stem: p for key in ("skimage-gray", "skimage-color") for p in DATASETS[key].files(skimage_data_dir())}
     out: dict[str, Tensor] = {}
     for name in names:
-        loader = getattr(skdata, name, None)
-        if loader is None:
-            raise RobustirError(f"demo: scikit-image has no sample image {name!r}")
-        arr = np.asarray(loader())
-        if arr.dtype != np.uint8:
-            raise RobustirError(f"demo: sample image {name!r} has dtype {arr.dtype}, expected uint8")
-        x = torch.from_numpy(arr.astype(np.float32) / 255.0)
-        x = x.unsqueeze(0) if x.ndim == 2 else x[..., :3].permute(2, 0, 1)
+        if name not in paths:
+            raise RobustirError(f"demo: no built-in sample image {name!r} (expected one of {', '.join(paths)})")
+        x = load_image(paths[name])
         h, w = x.shape[-2:]
         scale = 2 * size / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))

@@ -1,4 +1,5 @@
-"""Named datasets: each name maps to files under the data root; a user's own folder works wherever a name does."""
+"""Named datasets: each name maps to files under the data root, or to sample photographs shipped inside the installed
+scikit-image package (no data root needed); a user's own folder works wherever a name does."""
 
 from __future__ import annotations
 
@@ -43,18 +44,36 @@ def check_image_paths(paths: object) -> list[Path]:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A named dataset: how to find its files under the data root, and its native channel count and default size."""
+    """A named dataset: how to find its files (under the data root unless built in), its channel count, default size."""
 
     name: str
     description: str
-    files: Callable[[Path], list[Path]]
-    channels: int
+    files: Callable[[Path], list[Path]]  # given the folder it lives in: the data root, or `home()` if built in
+    channels: int  # loaders convert every image to this many channels unless the caller asks otherwise
     size: int | None = None  # images are resized to size x size unless the caller asks otherwise
+    home: Callable[[], Path] | None = None  # built-in datasets: the installed package folder holding the files
+
+
+def skimage_data_dir() -> Path:
+    """The folder of sample images inside the installed scikit-image package (read in place, never downloaded)."""
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
 
 
 def _folder(*parts: str) -> Callable[[Path], list[Path]]:
     def files(root: Path) -> list[Path]:
         return list_images(root.joinpath(*parts))
+    return files
+
+
+def _named(*names: str) -> Callable[[Path], list[Path]]:
+    def files(folder: Path) -> list[Path]:
+        paths = sorted(folder / n for n in names)
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise RobustirError(f"folder {str(folder)!r} has no {', '.join(missing)}")
+        return paths
     return files
 
 
@@ -82,9 +101,17 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
                 _bsds_val_minus_cbsd68, 3),
     DatasetInfo("celeba_hq", "CelebA-HQ faces (1024x1024 RGB), resized to 256x256 by default",
                 _folder("faces", "celeba_hq"), 3, size=256),
+    # natural photographs only: no synthetic, scanned-text, microscopy, motion-blurred or mostly-black images
+    DatasetInfo("skimage-gray", "built in: scikit-image's gray photos camera, coins, moon, brick, grass, gravel",
+                _named("camera.png", "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png"), 1,
+                home=skimage_data_dir),
+    DatasetInfo("skimage-color", "built in: scikit-image's colour photos astronaut, chelsea, coffee, motorcycle, "
+                "rocket", _named("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"), 3,
+                home=skimage_data_dir),
 )}
 
-_ALIASES = {"cbsd432": "bsds400", "bsds500-train400": "bsds400", "celeba-hq": "celeba_hq", "celebahq": "celeba_hq"}
+_ALIASES = {"cbsd432": "bsds400", "bsds500-train400": "bsds400", "celeba-hq": "celeba_hq", "celebahq": "celeba_hq",
+            "skimage-colour": "skimage-color", "skimage-rgb": "skimage-color"}
 
 
 def list_datasets() -> dict[str, DatasetInfo]:
@@ -100,11 +127,12 @@ def dataset_info(name: str) -> DatasetInfo | None:
 
 
 def resolve_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
-    """Image files of a named dataset (looked up under the data root) or of a user folder.
+    """Image files of a named dataset (under the data root, or built in) or of a user folder.
 
     Args:
-        name_or_path: a name from `list_datasets()` (e.g. 'set12', 'cbsd68', 'bsds400') or an existing folder.
-        root: data root override (`--data-root`); else `$ROBUSTIR_DATA` or `../shared/data`.
+        name_or_path: a name from `list_datasets()` (e.g. 'set12', 'cbsd68', 'skimage-gray') or an existing folder.
+        root: data root override (`--data-root`); else `$ROBUSTIR_DATA` or `../shared/data`. Unused by built-in
+            datasets.
 
     Returns:
         The sorted list of image paths.
@@ -119,9 +147,10 @@ def resolve_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | N
             raise RobustirError(f"dataset folder {text!r} does not exist")
         raise RobustirError(f"unknown dataset {text!r}: expected an existing folder of images or one of "
                             f"{', '.join(DATASETS)}")
-    base = data_root(root)
+    base = info.home() if info.home is not None else data_root(root)
     assert base is not None
     try:
         return info.files(base)
     except RobustirError as exc:
-        raise RobustirError(f"dataset {info.name!r} not found under data root {str(base)!r}: {exc}") from None
+        where = "in its installed package folder" if info.home is not None else "under data root"
+        raise RobustirError(f"dataset {info.name!r} not found {where} {str(base)!r}: {exc}") from None
