@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--mem-size", type=int, default=512)
+    ap.add_argument("--mem-steps", type=int, default=2)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -195,8 +196,9 @@ def main() -> None:
     print("\n## 3. epsilon batching on DnCNN: eps in {4,8,12}/255")
     print(f"one batch of 3: {eb['one_batch_s']:.3f} s; three runs of 1: {eb['three_runs_s']:.3f} s; "
           f"speed-up {eb['speedup']:.2f}x")
-    mem = section_memory(args.mem_size, 2)
-    print(f"\n## 4. peak memory, one {args.mem_size}x{args.mem_size} image, PGD 2 steps (RSS increase, MiB)")
+    mem = section_memory(args.mem_size, args.mem_steps)
+    print(f"\n## 4. peak memory, one {args.mem_size}x{args.mem_size} image, PGD {args.mem_steps} step(s) "
+          f"(RSS increase, MiB)")
     print("| model | checkpointing | peak (MiB) | time (s) |")
     print("|---|---|---|---|")
     for r in mem:
