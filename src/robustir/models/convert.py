@@ -85,7 +85,8 @@ def convert_conv_bn_sequence(layers: list[tuple[int, dict[str, Tensor]]], model:
             out[f"{model_bn}.running_mean"] = bn["running_mean"].float()
             out[f"{model_bn}.running_var"] = bn["running_var"].float()
             if f"{model_bn}.num_batches_tracked" in target:
-                out[f"{model_bn}.num_batches_tracked"] = bn.get("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+                out[f"{model_bn}.num_batches_tracked"] = bn.get("num_batches_tracked",
+                                                                torch.tensor(0, dtype=torch.long))
         elif bn is not None:
             scale = bn["weight"].float() / torch.sqrt(bn["running_var"].float() + bn_eps)
             b = (b - bn["running_mean"].float()) * scale + bn["bias"].float()
@@ -144,7 +145,6 @@ def read_matconvnet(path: str | Path) -> dict[str, Tensor]:
             elif kind not in ("relu",):
                 raise RobustirError(f"checkpoint {str(p)!r}: MatConvNet layer type {kind!r} is not supported "
                                     f"(only conv and relu, as in the BN-merged DnCNN models)")
-                # layers are numbered by conv only
     if not out:
         raise RobustirError(f"checkpoint {str(p)!r}: no conv layers found")
     return out
@@ -162,7 +162,7 @@ def _match_by_prefix(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) 
 
 
 def adapt_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Rename a foreign checkpoint layout to the model's keys; checkpoints already in the model's layout pass through."""
+    """Rename a foreign checkpoint layout to the model's keys; checkpoints in the model's layout pass through."""
     target = model.state_dict()
     if set(state) & set(target):
         return state

@@ -1,13 +1,14 @@
 """DnCNN (Zhang et al., TIP 2017) and FDnCNN, equal to KAIR's `models/network_dncnn.py` (cszn/KAIR @ fc1732f).
 
 DnCNN predicts the noise and subtracts it (`y - net(y)`); the layer stack is Conv+ReLU, (nb-2) x Conv+BN+ReLU, Conv.
-KAIR's released checkpoints (`dncnn_15/25/50.pth`, `dncnn_gray_blind.pth`) have their BatchNorm folded into the convs and
-load into `act_mode="R"`; `act_mode="BR"` is the training-time form. FDnCNN is the same stack without the residual,
+KAIR's released checkpoints (`dncnn_15/25/50.pth`, `dncnn_gray_blind.pth`) have their BatchNorm folded into the convs
+and load into `act_mode="R"`; `act_mode="BR"` is the training-time form. FDnCNN is the same stack without the residual,
 taking the noise-level map as its last input channel.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from robustir.errors import RobustirError
@@ -71,13 +72,7 @@ class DnCNN(nn.Module):
 
 def _fdncnn_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tensor | None) -> Tensor:
     assert sigma is not None  # the restorer enforces needs_sigma
-    return net(_cat_map(y, sigma))
-
-
-def _cat_map(y: Tensor, sigma: Tensor) -> Tensor:
-    import torch
-
-    return torch.cat((y, sigma_map(sigma, y)), dim=1)
+    return net(torch.cat((y, sigma_map(sigma, y)), dim=1))
 
 
 @register_model("FDnCNN", task="denoise", kair_names=("fdncnn",),

@@ -2,7 +2,8 @@
 
 Checkpoints are untrusted: `.pth`/`.pt` files are read with `torch.load(weights_only=True)` (never plain pickle) and
 `.safetensors` with safetensors; MatConvNet `.mat` files with h5py. Containers are unwrapped (BasicSR `params_ema` /
-`params`, `state_dict`, DataParallel `module.` prefixes), known foreign layouts are renamed by `robustir.models.convert`,
+`params`, `state_dict`, DataParallel `module.` prefixes), known foreign layouts are renamed by
+`robustir.models.convert`,
 and every key and shape is validated before anything is copied, so a failed load leaves the model untouched.
 """
 
