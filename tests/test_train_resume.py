@@ -130,3 +130,13 @@ def test_resume_errors(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "robustir.cli", "train", str(tmp_path / "run.yaml"), "--resume"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "not a readable safetensors" in res.stderr
+
+
+def test_file_source_with_workers_matches_in_memory(tmp_path: Path) -> None:
+    """Reading files per sample in 2 DataLoader workers trains exactly the same weights as images held in memory."""
+    _write_dataset(tmp_path / "images", n=4)
+    ref = train(load_config(_config(tmp_path, "memory", steps=5)), progress=False)
+    lazy = load_config(_config(tmp_path, "files", steps=5), {"data.in_memory": False, "data.workers": 2})
+    res = train(lazy, progress=False)
+    for k, v in ref.weights.items():
+        assert torch.equal(res.weights[k], v), k

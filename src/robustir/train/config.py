@@ -49,6 +49,8 @@ class DataConfig:
         scales: images are also resized by these factors before cropping (DnCNN uses 1, 0.9, 0.8, 0.7).
         augment: random flips/rotations (the 8 dihedral transforms).
         limit: use only the first `limit` images (smoke runs).
+        in_memory: load every image once up front (small sets); false reads files per sample (GoPro-sized sets).
+        workers: DataLoader worker processes preparing the next steps' patches (0 = in the training process).
     """
 
     train: str | None = None
@@ -60,6 +62,8 @@ class DataConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])
     augment: bool = True
     limit: int | None = None
+    in_memory: bool = True
+    workers: int = 0
 
 
 @dataclass
@@ -265,6 +269,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     for i, s in enumerate(d.stages):
         if min(s.iters, s.patch_size, s.batch_size) < 1:
             raise RobustirError(f"data.stages[{i}]: iters, patch_size and batch_size must be positive, got {s}")
+    if d.workers < 0:
+        raise RobustirError(f"data.workers: expected a non-negative integer, got {d.workers}")
     if not d.scales or any(s <= 0 or s > 1 for s in d.scales):
         raise RobustirError(f"data.scales: expected factors in (0, 1], got {d.scales}")
     if "type" not in cfg.model and "net_type" not in cfg.model:

@@ -33,7 +33,8 @@ from robustir.train.config import TrainConfig, config_to_dict, dump_config
 from robustir.train.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown, wrap_model
 from robustir.train.ema import ModelEMA
 from robustir.train.losses import build_loss
-from robustir.train.sampling import PatchSampler, load_images, stage_at
+from robustir.train.sampling import (FileSource, ImageSource, MemorySource, PatchSampler, StepBatches, load_images,
+                                     stage_at)
 from robustir.train.schedule import lr_at
 
 # Config fields that may change between a run and its resumption (they do not affect the trained weights).
@@ -43,11 +44,12 @@ _RESUME_MUTABLE = {("train", "steps"), ("train", "ckpt_every"), ("train", "log_e
 
 @dataclass
 class TrainingData:
-    """In-memory data for a run: training targets (clean), optional aligned inputs (pairs), validation images."""
+    """Data for a run: in-memory clean targets (+ aligned inputs for pairs) or a lazy `source`, and validation images."""
 
-    targets: list[Tensor]
+    targets: list[Tensor] = field(default_factory=list)
     inputs: list[Tensor] | None = None
     val: list[Tensor] = field(default_factory=list)
+    source: ImageSource | None = None
 
 
 @dataclass
@@ -69,18 +71,26 @@ def build_restorer(spec: dict[str, Any]) -> Restorer:
 
 
 def load_training_data(cfg: TrainConfig, data_root: str | None = None) -> TrainingData:
-    """Load the training (and validation) images named in the config."""
+    """Load (or, with `data.in_memory: false`, index) the training images and load the validation images."""
     d = cfg.data
     if d.paired is not None:
         from robustir.data import PairedFolder
 
-        pairs = PairedFolder(d.paired, channels=d.channels)
-        n = len(pairs) if d.limit is None else min(d.limit, len(pairs))
-        items = [pairs[i] for i in range(n)]
-        inputs, targets = [it["input"] for it in items], [it["target"] for it in items]
-        data = TrainingData(targets=targets, inputs=inputs)
-    else:
+        folder = PairedFolder(d.paired, channels=d.channels)
+        n = len(folder) if d.limit is None else min(d.limit, len(folder))
+        if d.in_memory:
+            items = [folder[i] for i in range(n)]
+            data = TrainingData(targets=[it["target"] for it in items], inputs=[it["input"] for it in items])
+        else:
+            pairs = folder.pairs[:n]
+            data = TrainingData(source=FileSource([t for _, t in pairs], d.channels, inputs=[i for i, _ in pairs]))
+    elif d.in_memory:
         data = TrainingData(targets=load_images(str(d.train), d.channels, limit=d.limit, root=data_root))
+    else:
+        from robustir.data import resolve_dataset
+
+        paths = resolve_dataset(str(d.train), data_root)[: d.limit]
+        data = TrainingData(source=FileSource(paths, d.channels))
     if cfg.val.dataset is not None:
         data.val = load_images(cfg.val.dataset, d.channels, limit=cfg.val.limit, root=data_root)
     return data
@@ -237,8 +247,8 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
 
     if data is None:
         data = load_training_data(cfg, data_root)
-    sampler = PatchSampler(data.targets, inputs=data.inputs, seed=seed, scales=cfg.data.scales,
-                           augment=cfg.data.augment)
+    source = data.source if data.source is not None else MemorySource(data.targets, data.inputs)
+    sampler = PatchSampler(source, seed=seed, scales=cfg.data.scales, augment=cfg.data.augment)
     for st in cfg.data.stages or []:
         sampler.check_patch(st.patch_size)
     if not cfg.data.stages:
@@ -270,13 +280,13 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
                         params_ema=ema.module.net.state_dict() if ema is not None else None,
                         optimizer=optimizer.state_dict(), state=state)
 
-    for step in range(start, total):
+    steps = StepBatches(sampler, cfg.data, start=start, total=total, rank=di.rank, world_size=di.world_size)
+    loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False, num_workers=cfg.data.workers,
+                                         pin_memory=device.type == "cuda")
+    for step, (clean, lq, ids, patch) in enumerate(loader, start=start):
         plan = stage_at(step, cfg.data)
-        if plan.batch_size % di.world_size:
-            raise RobustirError(f"batch size {plan.batch_size} is not divisible by the {di.world_size} processes")
-        ids = torch.arange(plan.first_id, plan.first_id + plan.batch_size)[di.rank::di.world_size]
+        assert patch == plan.patch_size
         torch.manual_seed(derive_seed(seed, "step", step, di.rank))
-        clean, lq = sampler.batch(ids.tolist(), plan.patch_size)
         clean = clean.to(device)
         lq = lq.to(device) if lq is not None else None
         ctx = PrepContext(seed=seed, step=step, sample_ids=ids, model=model, loss=loss_fn)
