@@ -136,6 +136,25 @@ def test_batch_of_n_equals_n_runs_and_determinism() -> None:
     assert not torch.equal(a.x_adv, c.x_adv)
 
 
+@pytest.mark.parametrize("name", ["pgd", "adam_pgd", "pgd_l2"])
+def test_per_sample_generators_make_random_starts_batch_independent(name: str) -> None:
+    net = tiny_net()
+    x, gt = images(3)
+    kw = {"steps": 3} if name != "adam_pgd" else {"steps": 3, "targeted": True}
+    ref = {"target": gt} if name == "adam_pgd" else {"ref": gt}
+    batch = preset(name, generator=[gen(10 + i) for i in range(3)], **kw)(net, x, **ref)
+    for i in (2, 0):
+        ref_i = {k: v[i:i + 1] for k, v in ref.items()}
+        one = preset(name, generator=[gen(10 + i)], **kw)(net, x[i:i + 1], **ref_i)
+        torch.testing.assert_close(batch.x_adv[i:i + 1], one.x_adv, rtol=0, atol=1e-6)
+    # a single-sample list equals passing that generator itself
+    solo = preset(name, generator=gen(10), **kw)(net, x[:1], **{k: v[:1] for k, v in ref.items()})
+    assert torch.equal(solo.x_adv, preset(name, generator=[gen(10)], **kw)(
+        net, x[:1], **{k: v[:1] for k, v in ref.items()}).x_adv)
+    with pytest.raises(RobustirError, match="2 generators for a batch of 3"):
+        preset(name, generator=[gen(1), gen(2)], **kw)(net, x, **ref)
+
+
 def test_model_state_restored_and_no_param_grads() -> None:
     net = tiny_net(bn=True).train()
     net.body[2].eval()  # a module left in eval by the user stays so

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -203,7 +203,8 @@ class Attack:
         update: `SignStep`, `L2Step` or `AdamStep`.
         steps: number of gradient steps (forward+backward passes).
         random_start: False, True (the threat's default: uniform in the ball) or "uniform"/"normal".
-        generator: the only source of randomness; None uses a fresh generator seeded with 0 (deterministic).
+        generator: the only source of randomness: one generator, or one per sample (then a sample's random start does
+            not depend on the batch it is run in); None uses a fresh generator seeded with 0 (deterministic).
         cond_threats: `{name: CondThreat}` for conditioning inputs to perturb.
         track_best: keep the per-sample best iterate (one extra forward without gradient scores the final iterate).
         eval_mode: run the model in eval mode during the attack (restored afterwards).
@@ -218,7 +219,7 @@ class Attack:
     update: UpdateT
     steps: int
     random_start: bool | str = True
-    generator: torch.Generator | None = None
+    generator: torch.Generator | Sequence[torch.Generator] | None = None
     _: KW_ONLY
     cond_threats: Mapping[str, CondThreat] = field(default_factory=dict)
     track_best: bool = True
@@ -351,7 +352,8 @@ class Attack:
 
         return forward
 
-    def _variables(self, x: Tensor, mask: Tensor | None, cond: dict[str, Any], gen: torch.Generator) -> list[_Var]:
+    def _variables(self, x: Tensor, mask: Tensor | None, cond: dict[str, Any],
+                   gen: torch.Generator | Sequence[torch.Generator]) -> list[_Var]:
         """The perturbed tensors: the image (name 'input') and any attacked conditioning inputs."""
         out: list[_Var] = []
         specs: list[tuple[str, Tensor, ThreatT, UpdateT, bool | str, Tensor | None]] = []

@@ -12,6 +12,7 @@ valid images; `value_range=None` leaves noisy observations unclipped (DnCNN conv
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -63,13 +64,30 @@ def _sample_dims(t: Tensor) -> tuple[int, ...]:
     return tuple(range(1, t.ndim))
 
 
-def _uniform(shape: tuple[int, ...], low: Tensor, generator: torch.Generator, like: Tensor) -> Tensor:
+def draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator],
+         dtype: torch.dtype) -> Tensor:
+    """`torch.rand`/`torch.randn` of `shape` from one generator, or one generator per sample (row i from generator i).
+
+    Per-sample generators make a sample's random start independent of the batch it is computed in.
+    """
+    fn = torch.rand if kind == "rand" else torch.randn
+    if isinstance(generator, torch.Generator):
+        return fn(shape, generator=generator, device=generator.device, dtype=dtype)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise RobustirError(f"generator: got {len(gens)} generators for a batch of {shape[0]} (one per sample)")
+    return torch.cat([fn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(gens[0].device)
+                      for g in gens])
+
+
+def _uniform(shape: tuple[int, ...], low: Tensor, generator: torch.Generator | Sequence[torch.Generator],
+             like: Tensor) -> Tensor:
     """U(−low, low) per entry, bit-identical to `Tensor.uniform_(-low, low)` on CPU for a scalar `low`.
 
     Draws float32 uniforms from `generator` (on the generator's device) and maps them in float64, as ATen's CPU kernel
     does, so a seeded run equals the `cospgd` package's `init_linf` under `torch.manual_seed` of the same seed.
     """
-    r = torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device)
+    r = draw("rand", shape, generator, torch.float32).to(like.device)
     lo = low.to(torch.float32)
     u = r.double() * (lo + lo).double() - lo.double()
     return u.to(like.dtype)
@@ -79,7 +97,7 @@ def _uniform(shape: tuple[int, ...], low: Tensor, generator: torch.Generator, li
 class Projector(Protocol):
     """Per-attack projection state (bounds precomputed once from the clean input)."""
 
-    def start(self, kind: str, generator: torch.Generator) -> Tensor:
+    def start(self, kind: str, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
         """A random starting iterate of the given kind ('uniform', 'normal')."""
 
     def project_(self, adv: Tensor) -> None:
@@ -120,13 +138,13 @@ class _LinfProjector(_Base):
         if self.lo is not None or self.hi is not None:
             adv.clamp_(min=self.lo, max=self.hi)
 
-    def start(self, kind: str, generator: torch.Generator) -> Tensor:
+    def start(self, kind: str, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
         """x + u, u ~ U(−ε, ε) ('uniform', PGD) or clip(N(0,1), ±ε) ('normal', seed-001 code), clipped to the range."""
         x = self.clean
         if kind == "uniform":
             u = _uniform(tuple(x.shape), self.eps, generator, x)
         elif kind == "normal":
-            n = torch.randn(tuple(x.shape), generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+            n = draw("randn", tuple(x.shape), generator, x.dtype).to(x.device)
             u = torch.maximum(torch.minimum(n, self.eps), -self.eps)
         else:
             raise RobustirError(f"random_start: unknown kind {kind!r} for an L-inf threat; use 'uniform' or 'normal'")
@@ -173,12 +191,12 @@ class _L2Projector(_Base):
             mean = d.sum(dim=self.dims, keepdim=True) / self._count
             d.sub_(mean * self._mean_mask)
 
-    def start(self, kind: str, generator: torch.Generator) -> Tensor:
+    def start(self, kind: str, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
         """x + u with u ~ U(−1, 1) rescaled to ‖u‖₂ = ε exactly (`cospgd.init_l2`), then clipped to the range."""
         x = self.clean
         if kind != "uniform":
             raise RobustirError(f"random_start: unknown kind {kind!r} for an L2 threat; use 'uniform'")
-        r = torch.rand(tuple(x.shape), generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+        r = draw("rand", tuple(x.shape), generator, x.dtype).to(x.device)
         u = r * 2.0 - 1.0
         if self.mask is not None:
             u = u * self.mask
@@ -210,7 +228,7 @@ class _KernelProjector(_Base):
         self.iterations = iterations
         self.dims = (-2, -1)
 
-    def start(self, kind: str, generator: torch.Generator) -> Tensor:
+    def start(self, kind: str, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
         """k₀ + u, u ~ U(−ε, ε), projected back onto the constrained simplex."""
         if kind != "uniform":
             raise RobustirError(f"random_start: kernel threats support only 'uniform', got {kind!r}")

@@ -103,18 +103,12 @@ def load_model(entry: ModelEntry, device: torch.device) -> Any:
     """Build, load and wrap a model in the uniform restorer call, frozen in eval mode on `device`."""
     from robustir.models import build, restorer
 
-    spec = entry.spec
     path = resolve_weights(entry.weights)
-    if entry.weights is not None and entry.weights.startswith("shipped:") and isinstance(spec, str) and spec == "shipped":
-        from robustir.train.shipped import load_shipped
+    net = build(entry.spec)
+    if path is not None:
+        from robustir.models.weights import load_weights
 
-        net = load_shipped(entry.weights[len("shipped:"):])
-    else:
-        net = build(spec)
-        if path is not None:
-            from robustir.models.weights import load_weights
-
-            load_weights(net, path)
+        load_weights(net, path)
     model = restorer(net).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -343,7 +337,7 @@ def run_batch(ctx: Context, jobs: Sequence[Job]) -> list[BatchOutput]:
     if "eps" in first.params:
         params["eps"] = torch.tensor([float(j.params["eps"]) for j in jobs], device=ctx.device)
     generators = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
-    attack = preset(attack_entry.preset, generator=generators[0], **params)
+    attack = preset(attack_entry.preset, generator=generators, **params)
     with torch.no_grad():
         clean_out = model(y, **cond)
     result = attack(model, y, ref=x, target=target, cond=cond)

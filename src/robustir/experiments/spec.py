@@ -126,7 +126,7 @@ class Experiment:
 VALID_METRICS = ("psnr", "ssim", "mae", "ncc")
 _TOP_KEYS = {"name", "description", "seed", "output", "models", "data", "attacks", "transfer", "metrics", "quantize",
              "batch_size", "save_artifacts", "device", "paper"}
-_MODEL_KEYS = {"spec", "weights", "sigma", "label", "craft"}
+_MODEL_KEYS = {"spec", "shipped", "weights", "sigma", "label", "craft"}
 _DATA_KEYS = {"source", "limit", "crop", "resize", "channels", "degradation", "label"}
 _DEGRADATION_KEYS = {"noise_sigma", "kernels", "boundary", "clip"}
 _ATTACK_KEYS = {"preset", "params", "target", "label"}
@@ -162,7 +162,17 @@ def _parse_models(raw: Any, base: Path | None) -> tuple[ModelEntry, ...]:
     for mid, entry in raw.items():
         if isinstance(entry, str):
             entry = {"spec": entry}
-        _check_keys(f"models.{mid}", entry, _MODEL_KEYS, {"spec"})
+        _check_keys(f"models.{mid}", entry, _MODEL_KEYS)
+        entry = dict(entry)
+        if "shipped" in entry:  # a checkpoint shipped with robustir: its card gives the spec
+            if "spec" in entry or "weights" in entry:
+                raise RobustirError(f"models.{mid}: give either `shipped:` or `spec:`/`weights:`, not both")
+            from robustir.train.shipped import shipped_card
+
+            entry["spec"] = shipped_card(str(entry["shipped"]))["spec"]
+            entry["weights"] = f"shipped:{entry['shipped']}"
+        if "spec" not in entry:
+            raise RobustirError(f"models.{mid}: missing required key 'spec' (or 'shipped')")
         weights = entry.get("weights")
         if weights is not None:
             weights = str(weights)

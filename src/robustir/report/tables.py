@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustir.report.published import Published, lookup
+from robustir.report.published import SET12_FILES, Published, lookup
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "mae": "MAE", "ncc": "NCC"}
 
@@ -50,6 +50,7 @@ class Summary:
     varying: dict[str, list[str]]  # attack id -> parameter names that vary in its grid
     metrics: list[str]
     artifacts: dict[tuple[str, str, Column], list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+    published: list[Published] = field(default_factory=list)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -113,6 +114,7 @@ def dataset_label(summary: Summary, data_id: str) -> str:
 
 def attach_published(summary: Summary, records: list[Published]) -> int:
     """Fill each cell's published clean/attacked values where the paper has them; returns how many matched."""
+    summary.published = records
     matched = 0
     for (ds, _src, ev, col, metric), cell in summary.cells.items():
         common = {"dataset": dataset_label(summary, ds), "model": model_label(summary, ev), "metric": metric}
@@ -178,6 +180,19 @@ def pivot_tables(summary: Summary) -> list[Table]:
     return tables
 
 
+def _published_item(summary: Summary, ds: str, ev: str, col: Column, metric: str, item: str
+                    ) -> tuple[float, float] | None:
+    """Published (clean, attacked) of one image, if the paper lists per-image values (Set12 files 01-12 by name)."""
+    if not summary.published:
+        return None
+    name = SET12_FILES.get(item, item)
+    common = {"dataset": dataset_label(summary, ds), "model": model_label(summary, ev), "metric": metric, "item": name}
+    attack_label = summary.config.get("attacks", {}).get(col.attack, {}).get("label", col.attack)
+    clean = lookup(summary.published, attack="clean", params={}, **common)
+    attacked = lookup(summary.published, attack=attack_label, params=col.params, **common)
+    return (clean, attacked) if clean is not None and attacked is not None else None
+
+
 def per_item_tables(summary: Summary, max_items: int = 24) -> list[Table]:
     """Per-image tables (clean → attacked of the first metric) for datasets with at most `max_items` items."""
     tables = []
@@ -196,7 +211,9 @@ def per_item_tables(summary: Summary, max_items: int = 24) -> list[Table]:
                 row = [it]
                 for src, ev, col in keys:
                     v = summary.per_item.get((ds, src, ev, col, m, it))
-                    row.append("–" if v is None else f"{_num(v[0], m)} → {_num(v[1], m)}")
+                    text = "–" if v is None else f"{_num(v[0], m)} → {_num(v[1], m)}"
+                    pub = _published_item(summary, ds, ev, col, m, it)
+                    row.append(text + (f" [paper {_num(pub[0], m)} → {_num(pub[1], m)}]" if pub else ""))
                 rows.append(row)
             tables.append(Table(f"{dataset_label(summary, ds)} per image — {METRIC_NAMES.get(m, m)} clean → attacked",
                                 header, rows))
