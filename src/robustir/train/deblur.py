@@ -85,7 +85,8 @@ def make_deblur_set(images: Sequence[Tensor], kernels: Sequence[Tensor], *, sigm
         raise RobustirError(f"sigma: expected a non-negative noise level (0-255 scale), got {sigma}")
     shape = images[0].shape
     if any(im.shape != shape for im in images):
-        raise RobustirError(f"images: expected equal shapes (crop them), got {sorted({tuple(i.shape) for i in images})}")
+        shapes = sorted({tuple(i.shape) for i in images})
+        raise RobustirError(f"images: expected equal shapes (crop them), got {shapes}")
     ks = [torch.as_tensor(k, dtype=torch.float32) for k in kernels]
     size = max(max(k.shape) for k in ks)
     size += 1 - size % 2
@@ -320,3 +321,21 @@ def load_shipped(name: str, *, dest: str | Path | None = None) -> tuple[nn.Modul
     if card.get("task") != "deblur":
         raise RobustirError(f"name: shipped checkpoint {name!r} is a {card.get('task')!r} model, not a deblurrer")
     return shipped(name, folder=dest), card
+
+
+def shipped_table(folder: str | Path | None = None) -> str:
+    """A Markdown table of every shipped deblurring checkpoint's held-out scores beside the Wiener baseline."""
+    from robustir.train.shipped import list_shipped
+
+    rows = ["| checkpoint | kernel given | params | steps | wall time | PSNR / SSIM | Wiener (oracle nsr) | blurred input "
+            "| vs Wiener |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, card in list_shipped(folder).items():
+        if card.get("task") != "deblur":
+            continue
+        m = card["metrics"]
+        rows.append(f"| `{name}` | {'no' if card.get('blind', True) else 'yes'} | {card['parameters']:,} | "
+                    f"{card['steps']} | {card['wall_time_s'] / 60:.1f} min | {m['model']['psnr']:.2f} / "
+                    f"{m['model']['ssim']:.4f} | {m['wiener']['psnr']:.2f} / {m['wiener']['ssim']:.4f} | "
+                    f"{m['blurred_input']['psnr']:.2f} / {m['blurred_input']['ssim']:.4f} | "
+                    f"{m['psnr_gain_over_wiener']:+.2f} dB |")
+    return "\n".join(rows)
