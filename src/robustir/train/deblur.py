@@ -5,9 +5,9 @@ the BSDS400 training images), centre-cropped to `crop`², each blurred circularl
 kernels and given white Gaussian noise of `sigma`/255 (seeded per (image, kernel), not clipped). Metrics are the mean
 PSNR/SSIM over all (image, kernel) pairs on 8-bit-quantised outputs, plus the mean PSNR per kernel.
 
-The baseline is the classical Wiener filter with the true kernel under the true (circular) boundary, x̂ =
-F⁻¹[conj(H)·Y / (|H|² + nsr)], with its one parameter `nsr` picked from a grid *on the held-out set itself*: an oracle
-baseline, so "beats Wiener" is a conservative claim. Blind networks (NAFNet family, Restormer, DeblurGANv2) do not see
+The baseline is the registered classical `Wiener` restorer (robustir.degradations.classical) with the true kernel under
+the true (circular) boundary, x̂ = F⁻¹[conj(K)·Y / (|K|² + nsr)], with its one parameter `nsr` picked from a grid *on
+the held-out set itself*: an oracle baseline, so "beats Wiener" is a conservative claim. Blind networks (NAFNet family, Restormer, DeblurGANv2) do not see
 the kernel; Wiener and the non-blind networks (DWDN, RGDN) do.
 
 Training data for these checkpoints comes from the trainer's built-in steps (see `configs/train/*deblur*.yaml`): a
@@ -129,46 +129,11 @@ def heldout_set(*, dataset: str = "cbsd68", n_images: int = 10, crop: int = 128,
 
 # ---------------------------------------------------------------------------------------------------------- Wiener
 
-def transfer_function(kernel: Tensor, shape: tuple[int, int]) -> Tensor:
-    """Per-sample optical transfer function `(N, 1, H, W)` (complex) of circular `blur` with `(N, 1, k, k)` kernels.
+def wiener_model(nsr: float) -> nn.Module:
+    """The registered classical `Wiener` restorer (FFT, circular, constant NSR) in the uniform call."""
+    from robustir.models import restorer
 
-    Obtained by blurring a unit impulse at the origin, so it matches `robustir.degradations.blur`'s convention
-    (convolution, kernel centre) by construction rather than by re-deriving it.
-    """
-    from robustir.degradations import blur
-
-    h, w = shape
-    if kernel.shape[-2] > h or kernel.shape[-1] > w:
-        raise RobustirError(f"kernel: {tuple(kernel.shape[-2:])} is larger than the {h}x{w} image")
-    delta = torch.zeros(kernel.shape[0], 1, h, w, dtype=torch.float64)
-    delta[..., 0, 0] = 1.0
-    psf = torch.cat([blur(delta[i:i + 1], kernel[i, 0].double(), boundary="circular") for i in range(kernel.shape[0])])
-    return torch.fft.fft2(psf)
-
-
-def wiener_restore(y: Tensor, kernel: Tensor, *, nsr: float) -> Tensor:
-    """Classical Wiener deconvolution under a circular boundary: F⁻¹[conj(H)·Y / (|H|² + nsr)] per sample."""
-    if nsr <= 0:
-        raise RobustirError(f"nsr: expected a positive noise-to-signal ratio, got {nsr}")
-    if kernel.dim() != 4 or kernel.shape[0] != y.shape[0]:
-        raise RobustirError(f"kernel: expected (N, 1, k, k) with N = {y.shape[0]}, got {tuple(kernel.shape)}")
-    H = transfer_function(kernel, (y.shape[-2], y.shape[-1]))
-    X = torch.conj(H) * torch.fft.fft2(y.double()) / (H.abs().square() + nsr)
-    return torch.fft.ifft2(X).real.to(y.dtype)
-
-
-class WienerRestorer(nn.Module):
-    """Wiener deconvolution in the uniform restorer call `model(y, *, sigma=None, kernel=...)` (non-blind)."""
-
-    def __init__(self, *, nsr: float) -> None:
-        super().__init__()
-        self.nsr = float(nsr)
-
-    def forward(self, y: Tensor, *, sigma: Tensor | None = None, kernel: Tensor | None = None) -> Tensor:
-        """Restore `y` with the true `kernel` `(N, 1, k, k)`."""
-        if kernel is None:
-            raise RobustirError("Wiener: this restorer is non-blind; pass kernel=(N, 1, k, k)")
-        return wiener_restore(y, kernel, nsr=self.nsr)
+    return restorer({"type": "Wiener", "nsr": float(nsr)})
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -226,9 +191,9 @@ def wiener_baseline(data: DeblurSet, *, grid: Sequence[float] = NSR_GRID) -> dic
     """Wiener with the true kernel and the best `nsr` of `grid` by mean PSNR on `data` (an oracle-tuned baseline)."""
     if not grid:
         raise RobustirError("grid: expected at least one nsr value")
-    psnrs = [evaluate_deblur(WienerRestorer(nsr=nsr), data, with_ssim=False)["psnr"] for nsr in grid]
+    psnrs = [evaluate_deblur(wiener_model(nsr), data, with_ssim=False)["psnr"] for nsr in grid]
     nsr = float(grid[max(range(len(grid)), key=psnrs.__getitem__)])
-    return {**evaluate_deblur(WienerRestorer(nsr=nsr), data), "nsr": nsr}
+    return {**evaluate_deblur(wiener_model(nsr), data), "nsr": nsr}
 
 
 # ---------------------------------------------------------------------------------------------------------- shipping
