@@ -209,17 +209,28 @@ def prepare(exp: Experiment) -> Context:
     snapshot = {"name": exp.name, "fingerprint": exp.fingerprint(), "seed": exp.seed, "paper": exp.paper,
                 "description": exp.description,
                 "models": {m.id: {"spec": m.spec, "weights": m.weights, "sigma": m.sigma, "label": m.label or m.id,
+                                  "paper_label": m.paper_label or m.label or m.id,
                                   "fingerprint": fingerprints[m.id]} for m in exp.models},
                 "data": {d.id: {"source": d.source, "label": d.label or d.id, "items": len(items[d.id]),
+                                "paper_label": d.paper_label or d.label or d.id,
                                 "noise_sigma": d.degradation.noise_sigma, "kernels": d.degradation.kernels}
                          for d in exp.data},
                 "attacks": {a.id: {"preset": a.preset, "params": dict(a.params), "target": a.target,
-                                   "label": a.label or a.id} for a in exp.attacks},
+                                   "label": a.label or a.id, "paper_label": a.paper_label or a.label or a.id}
+                            for a in exp.attacks},
                 "transfer": [{"source": t.source, "targets": list(t.targets)} for t in exp.transfer],
                 "metrics": list(exp.metrics), "jobs": len(jobs)}
     ctx = Context(exp, device, items, jobs, fingerprints, snapshot)
     ctx._images, ctx._kernels = images, kernels
     return ctx
+
+
+def _evaluated_on(exp: Experiment, model_id: str, data_id: str) -> bool:
+    """Whether a model sees a dataset: it runs on it, or it is a transfer target of a source that does."""
+    models = {m.id: m for m in exp.models}
+    if models[model_id].runs_on(data_id) and models[model_id].craft:
+        return True
+    return any(model_id in t.targets and models[t.source].runs_on(data_id) for t in exp.transfer)
 
 
 def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Tensor]],
@@ -228,6 +239,8 @@ def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Ten
     for model_entry in exp.models:
         model = load_model(model_entry, device)
         for data in exp.data:
+            if not _evaluated_on(exp, model_entry.id, data.id):
+                continue
             x = images[data.id][0][None].to(device)
             ks = kernels[data.id]
             size = 64 if ks is None else max(64, 2 * max(ks[0].shape))

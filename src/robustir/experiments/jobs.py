@@ -71,8 +71,12 @@ def expand_jobs(exp: Experiment, items: Mapping[str, Sequence[Item]], fingerprin
             continue
         eval_models = (model.id, *sources.get(model.id, ()))
         for data in exp.data:
+            if not model.runs_on(data.id):
+                continue
             ds_items = items[data.id]
             for attack in exp.attacks:
+                if not attack.runs_on(data.id):
+                    continue
                 for params in expand_grid(attack.params):
                     for item in ds_items:
                         tgt = None

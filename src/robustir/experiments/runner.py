@@ -120,8 +120,9 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
     jobs = ctx.jobs
     with ResultsDB(exp.output / DB_NAME) as db:
         db.set_meta({"fingerprint": exp.fingerprint(), "experiment": exp.name, "code_version": robustir.__version__,
-                     "paper": exp.paper or "", "config": json.dumps(ctx.config_snapshot, sort_keys=True,
-                                                                    default=str)})
+                     "paper": exp.paper or "",
+                     # insertion order kept: reports list models and attacks in the file's order
+                     "config": json.dumps(ctx.config_snapshot, default=str)})
         finished = db.finished_keys()
         batches = [b for b in plan_batches(jobs, exp.batch_size) if any(j.key not in finished for j in b)]
         if max_batches is not None:

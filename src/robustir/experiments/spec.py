@@ -44,6 +44,12 @@ class ModelEntry:
     sigma: float | None = None
     label: str | None = None
     craft: bool = True
+    datasets: tuple[str, ...] | None = None
+    paper_label: str | None = None
+
+    def runs_on(self, data_id: str) -> bool:
+        """Whether this model is evaluated on dataset `data_id` (all datasets unless `datasets:` restricts it)."""
+        return self.datasets is None or data_id in self.datasets
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class DataEntry:
     channels: int | None = None
     degradation: Degradation = field(default_factory=Degradation)
     label: str | None = None
+    paper_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,12 @@ class AttackEntry:
     params: Mapping[str, Any]
     target: str | None = None
     label: str | None = None
+    paper_label: str | None = None
+    datasets: tuple[str, ...] | None = None
+
+    def runs_on(self, data_id: str) -> bool:
+        """Whether this attack is run on dataset `data_id` (all datasets unless `datasets:` restricts it)."""
+        return self.datasets is None or data_id in self.datasets
 
 
 @dataclass(frozen=True)
@@ -126,10 +139,10 @@ class Experiment:
 VALID_METRICS = ("psnr", "ssim", "mae", "ncc")
 _TOP_KEYS = {"name", "description", "seed", "output", "models", "data", "attacks", "transfer", "metrics", "quantize",
              "batch_size", "save_artifacts", "device", "paper"}
-_MODEL_KEYS = {"spec", "shipped", "weights", "sigma", "label", "craft"}
-_DATA_KEYS = {"source", "limit", "crop", "resize", "channels", "degradation", "label"}
+_MODEL_KEYS = {"spec", "shipped", "weights", "sigma", "label", "craft", "datasets", "paper_label"}
+_DATA_KEYS = {"source", "limit", "crop", "resize", "channels", "degradation", "label", "paper_label"}
 _DEGRADATION_KEYS = {"noise_sigma", "kernels", "boundary", "clip"}
-_ATTACK_KEYS = {"preset", "params", "target", "label"}
+_ATTACK_KEYS = {"preset", "params", "target", "label", "paper_label", "datasets"}
 _TARGET_MODES = ("cyclic",)
 
 
@@ -183,7 +196,9 @@ def _parse_models(raw: Any, base: Path | None) -> tuple[ModelEntry, ...]:
         sigma = entry.get("sigma")
         out.append(ModelEntry(str(mid), entry["spec"], weights,
                               None if sigma is None else float(parse_fraction(sigma, f"models.{mid}.sigma")),
-                              entry.get("label"), bool(entry.get("craft", True))))
+                              entry.get("label"), bool(entry.get("craft", True)),
+                              None if entry.get("datasets") is None else tuple(map(str, entry["datasets"])),
+                              entry.get("paper_label")))
     return tuple(out)
 
 
@@ -221,7 +236,7 @@ def _parse_data(raw: Any, base: Path | None) -> tuple[DataEntry, ...]:
         out.append(DataEntry(str(did), source, entry.get("limit"), entry.get("crop"), entry.get("resize"),
                              entry.get("channels"), Degradation(float(sigma), kernels, boundary,
                                                                 bool(deg_raw.get("clip", False))),
-                             entry.get("label")))
+                             entry.get("label"), entry.get("paper_label")))
     return tuple(out)
 
 
@@ -253,7 +268,8 @@ def _parse_attacks(raw: Any) -> tuple[AttackEntry, ...]:
         if target is not None and not targeted:
             raise RobustirError(f"attacks.{aid}: `target:` given but the attack is untargeted; use a targeted preset "
                                 f"or params.targeted: true")
-        out.append(AttackEntry(str(aid), str(preset), params, target, entry.get("label")))
+        out.append(AttackEntry(str(aid), str(preset), params, target, entry.get("label"), entry.get("paper_label"),
+                               None if entry.get("datasets") is None else tuple(map(str, entry["datasets"]))))
     return tuple(out)
 
 
@@ -272,6 +288,13 @@ def parse_experiment(raw: Mapping[str, Any], *, path: Path | None = None, output
     data = _parse_data(raw["data"], base)
     attacks = _parse_attacks(raw.get("attacks"))
     model_ids = {m.id for m in models}
+    data_ids = {d.id for d in data}
+    for kind, entries in (("models", models), ("attacks", attacks)):
+        for e in entries:
+            for d in e.datasets or ():
+                if d not in data_ids:
+                    raise RobustirError(f"{kind}.{e.id}.datasets: unknown dataset id {d!r}; data: "
+                                        f"{', '.join(sorted(data_ids))}")
     transfer = []
     for i, t in enumerate(raw.get("transfer") or []):
         _check_keys(f"transfer[{i}]", t, {"source", "targets"}, {"source", "targets"})

@@ -39,6 +39,13 @@ class Column:
         """The grid point as a dict."""
         return json.loads(self.params_json)
 
+    def sort_key(self, attack_order: list[str]) -> tuple[Any, ...]:
+        """Attacks in file order, then parameters in numeric order (steps 5 before 10)."""
+        pos = attack_order.index(self.attack) if self.attack in attack_order else len(attack_order)
+        values = tuple((k, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)))
+                       for k, v in sorted(self.params.items()))
+        return (pos, self.attack, values)
+
 
 @dataclass
 class Summary:
@@ -112,13 +119,20 @@ def dataset_label(summary: Summary, data_id: str) -> str:
     return summary.config.get("data", {}).get(data_id, {}).get("label", data_id)
 
 
+def paper_key(summary: Summary, kind: str, ident: str) -> str:
+    """The name a model / dataset / attack has in the paper's table (`paper_label`, else its label)."""
+    entry = summary.config.get(kind, {}).get(ident, {})
+    return entry.get("paper_label") or entry.get("label") or ident
+
+
 def attach_published(summary: Summary, records: list[Published]) -> int:
     """Fill each cell's published clean/attacked values where the paper has them; returns how many matched."""
     summary.published = records
     matched = 0
     for (ds, _src, ev, col, metric), cell in summary.cells.items():
-        common = {"dataset": dataset_label(summary, ds), "model": model_label(summary, ev), "metric": metric}
-        attack_label = summary.config.get("attacks", {}).get(col.attack, {}).get("label", col.attack)
+        common = {"dataset": paper_key(summary, "data", ds), "model": paper_key(summary, "models", ev),
+                  "metric": metric}
+        attack_label = paper_key(summary, "attacks", col.attack)
         cell.published_clean = lookup(records, attack="clean", params={}, **common)
         cell.published_attacked = lookup(records, attack=attack_label, params=col.params, **common)
         matched += cell.published_attacked is not None
@@ -148,9 +162,8 @@ def pivot_tables(summary: Summary) -> list[Table]:
     tables = []
     metrics = summary.metrics
     for ds in sorted({k[0] for k in summary.cells}):
-        cols = sorted({k[3] for k in summary.cells if k[0] == ds},
-                      key=lambda c: (list(summary.config.get("attacks", {})).index(c.attack)
-                                     if c.attack in summary.config.get("attacks", {}) else 99, c.params_json))
+        order = list(summary.config.get("attacks", {}))
+        cols = sorted({k[3] for k in summary.cells if k[0] == ds}, key=lambda c: c.sort_key(order))
         pairs = sorted({(k[1], k[2]) for k in summary.cells if k[0] == ds}, key=lambda p: (p[0] != p[1], p))
         header = ["model", "clean " + " / ".join(METRIC_NAMES.get(m, m) for m in metrics)]
         header += [column_label(summary, c) for c in cols]
@@ -186,8 +199,9 @@ def _published_item(summary: Summary, ds: str, ev: str, col: Column, metric: str
     if not summary.published:
         return None
     name = SET12_FILES.get(item, item)
-    common = {"dataset": dataset_label(summary, ds), "model": model_label(summary, ev), "metric": metric, "item": name}
-    attack_label = summary.config.get("attacks", {}).get(col.attack, {}).get("label", col.attack)
+    common = {"dataset": paper_key(summary, "data", ds), "model": paper_key(summary, "models", ev), "metric": metric,
+              "item": name}
+    attack_label = paper_key(summary, "attacks", col.attack)
     clean = lookup(summary.published, attack="clean", params={}, **common)
     attacked = lookup(summary.published, attack=attack_label, params=col.params, **common)
     return (clean, attacked) if clean is not None and attacked is not None else None
@@ -201,8 +215,9 @@ def per_item_tables(summary: Summary, max_items: int = 24) -> list[Table]:
         if not items or len(items) > max_items:
             continue
         for m in summary.metrics:
+            order = list(summary.config.get("attacks", {}))
             keys = sorted({(k[1], k[2], k[3]) for k in summary.per_item if k[0] == ds and k[4] == m},
-                          key=lambda t: (t[0] != t[1], t[0], t[1], t[2].attack, t[2].params_json))
+                          key=lambda t: (t[0] != t[1], t[0], t[1], t[2].sort_key(order)))
             header = ["image"] + [
                 (model_label(summary, ev) if src == ev else f"{model_label(summary, ev)} ← {model_label(summary, src)}")
                 + f": {column_label(summary, col)}" for src, ev, col in keys]
