@@ -48,15 +48,17 @@ def train_command(config: str, resume: bool, overrides: tuple[str, ...], data_ro
 @click.option("--sigma", default=25.0, show_default=True, help="Noise level (0-255) of the Set12 evaluation.")
 @click.option("--paper-psnr", type=float, default=None, help="The paper's Set12 PSNR for this setting (for the card).")
 @click.option("--notes", default="", help="Free text for the card (e.g. the reduced width/depth).")
+@click.option("--reference/--no-reference", default=False, show_default=True,
+              help="Also score the official KAIR DnCNN-S-25 on the same noise (slow on CPU: a 17x64 network on Set12).")
 @click.option("--dest", default=None, help="Folder for <name>.safetensors + <name>.json (default: the package's).")
 @click.option("--data-root", default=None, help="Shared data folder (default $ROBUSTIR_DATA or ../shared/data).")
 def ship_command(run_dir: str, name: str, train_cmd: str, sigma: float, paper_psnr: float | None, notes: str,
-                 dest: str | None, data_root: str | None) -> None:
+                 reference: bool, dest: str | None, data_root: str | None) -> None:
     """Score a finished denoising run on Set12 and write it as a shipped checkpoint with its JSON card."""
     from robustir.train.shipped import ship_denoiser
 
     card = ship_denoiser(run_dir, name, command=train_cmd, sigma=sigma, paper_psnr=paper_psnr, notes=notes,
-                         dest=dest, root=data_root)
+                         dest=dest, root=data_root, reference=reference)
     m = card["metrics"]
     click.echo(f"{name}: Set12 sigma {sigma:g} PSNR {m['model']['psnr']:.2f} dB (noisy input "
                f"{m['noisy_input']['psnr']:.2f} dB)")

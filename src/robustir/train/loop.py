@@ -39,7 +39,7 @@ from robustir.train.schedule import lr_at
 
 # Config fields that may change between a run and its resumption (they do not affect the trained weights).
 _RESUME_MUTABLE = {("train", "steps"), ("train", "ckpt_every"), ("train", "log_every"), ("train", "out"),
-                   ("train", "device"), ("val",)}
+                   ("train", "device"), ("val",), ("data", "in_memory"), ("data", "workers")}
 
 
 @dataclass
