@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are built on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from robustir.report.tables import METRIC_NAMES, Summary, dataset_label, fmt_param, model_label  # noqa: E402
+from robustir.report.tables import (METRIC_NAMES, Summary, dataset_label, datasets_in_order, fmt_param,  # noqa: E402
+                                    model_label)
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -27,7 +28,7 @@ def sweep_plots(summary: Summary, param: str, metric: str = "psnr") -> list[tupl
     Each line starts at 0 (no attack), the clean value, so the curve shows the whole degradation.
     """
     figures = []
-    for ds in sorted({k[0] for k in summary.cells}):
+    for ds in datasets_in_order(summary):
         lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for (d, src, ev, col, m), cell in summary.cells.items():
             if d != ds or m != metric or src != ev or param not in summary.varying.get(col.attack, []):

@@ -94,6 +94,13 @@ def summarize(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> S
     return Summary(config, cells, per_item, varying, order, dict(artifacts))
 
 
+def datasets_in_order(summary: Summary) -> list[str]:
+    """Dataset ids with results, in the experiment file's order."""
+    present = {k[0] for k in summary.cells}
+    order = [d for d in summary.config.get("data", {}) if d in present]
+    return order + sorted(present - set(order))
+
+
 def fmt_param(name: str, value: Any) -> str:
     """Human form of a parameter: eps in k/255, others as given."""
     if name in ("eps", "alpha") and isinstance(value, (int, float)):
@@ -161,7 +168,7 @@ def pivot_tables(summary: Summary) -> list[Table]:
     each cell `metric1 / metric2 ...`, with the published value in brackets where the paper has one."""
     tables = []
     metrics = summary.metrics
-    for ds in sorted({k[0] for k in summary.cells}):
+    for ds in datasets_in_order(summary):
         order = list(summary.config.get("attacks", {}))
         cols = sorted({k[3] for k in summary.cells if k[0] == ds}, key=lambda c: c.sort_key(order))
         pairs = sorted({(k[1], k[2]) for k in summary.cells if k[0] == ds}, key=lambda p: (p[0] != p[1], p))
@@ -210,7 +217,7 @@ def _published_item(summary: Summary, ds: str, ev: str, col: Column, metric: str
 def per_item_tables(summary: Summary, max_items: int = 24) -> list[Table]:
     """Per-image tables (clean → attacked of the first metric) for datasets with at most `max_items` items."""
     tables = []
-    for ds in sorted({k[0] for k in summary.cells}):
+    for ds in datasets_in_order(summary):
         items = sorted({k[5] for k in summary.per_item if k[0] == ds})
         if not items or len(items) > max_items:
             continue
