@@ -14,6 +14,20 @@ from robustir.checks import parse_fraction
 from robustir.errors import RobustirError
 
 
+def _model(text: str, weights: str | None) -> Any:
+    """The uniform restorer of `--model`: `shipped:NAME` (a checkpoint shipped with robustir), a preset or a spec."""
+    from robustir.models import restorer
+
+    t = text.strip()
+    if t.startswith("shipped:"):
+        if weights is not None:
+            raise RobustirError("--weights: a shipped checkpoint brings its own weights; drop --weights")
+        from robustir.train.shipped import shipped
+
+        return shipped(t[len("shipped:"):])
+    return restorer(_model_spec(t), weights=weights)
+
+
 def _model_spec(text: str) -> Any:
     """A preset name, or a JSON spec dict (`{"type": "DnCNN", ...}`)."""
     t = text.strip()
@@ -26,7 +40,8 @@ def _model_spec(text: str) -> Any:
 
 
 @click.command()
-@click.option("--model", "model_spec", required=True, help="Model preset name (see `robustir info`) or JSON spec.")
+@click.option("--model", "model_spec", required=True,
+              help="Model preset name (see `robustir info`), JSON spec, or shipped:NAME (a shipped checkpoint).")
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None, help="Checkpoint to load.")
 @click.option("--attack", "attack_name", default="pgd", show_default=True, help="Attack preset name.")
 @click.option("--eps", default=None, help="Budget, e.g. 8/255 (default: the preset's).")
@@ -55,12 +70,10 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     from robustir.data.pipeline import format_table, write_csv
     from robustir.degradations import add_gaussian_noise
     from robustir.metrics import psnr, ssim
-    from robustir.models import restorer
-
     paths = list_images(input_dir)
     if not paths:
         raise RobustirError(f"--input {input_dir!r}: no images found")
-    model = restorer(_model_spec(model_spec), weights=weights)
+    model = _model(model_spec, weights)
     key = attack_name.lower().replace("-", "_")
     if key not in _PRESETS:
         raise RobustirError(f"--attack {attack_name!r}: unknown; presets: {', '.join(sorted(_PRESETS))}")
