@@ -98,6 +98,8 @@ def frozen_model(model: Callable[..., Tensor], *, eval_mode: bool = True, channe
     grad_flags = [p.requires_grad for p in params]
     modes = [(m, m.training) for m in model.modules()]
     patched: list[nn.Module] = []
+    # networks with their own switch (NAFNet, Restormer) know their blocks best; others are patched generically
+    own = [(m, m.checkpointing) for m in model.modules() if isinstance(getattr(m, "checkpointing", None), bool)]
     try:
         for p in params:
             p.requires_grad_(False)
@@ -105,10 +107,15 @@ def frozen_model(model: Callable[..., Tensor], *, eval_mode: bool = True, channe
             model.eval()
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        if checkpointing:
+        if checkpointing and own:
+            for m, _ in own:
+                m.checkpointing = True
+        elif checkpointing:
             patched = _install_checkpoints(model)
         yield
     finally:
+        for m, flag in own:
+            m.checkpointing = flag
         for m in patched:
             del m.forward
         if channels_last:
@@ -153,9 +160,9 @@ def _install_checkpoints(model: nn.Module) -> list[nn.Module]:
 
     def visit(container: nn.Module) -> None:
         kids = list(container.children())
-        if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(kids) >= 2:
+        if isinstance(container, (nn.Sequential, nn.ModuleList)) and kids:
             if all(is_leaf(k) for k in kids):
-                if isinstance(container, nn.Sequential):
+                if isinstance(container, nn.Sequential) and len(kids) >= 2:
                     segments = max(1, round(math.sqrt(len(kids))))
                     patch(container, functools.partial(_segmented, container, segments))
                 return
