@@ -47,10 +47,19 @@ def blind_noise(sigma_min: float, sigma_max: float, *, clip: bool = False) -> De
     return degrade
 
 
-def blur_noise(kernel: Tensor, sigma: float = 0.0, *, boundary: str = "circular", clip: bool = False) -> DegradeFn:
-    """Uniform blur with a fixed kernel, then Gaussian noise (`sigma` on the 0-255 scale); returns input/kernel/sigma."""
+def blur_then_noise(x: Tensor, kernel: Tensor | None, sigma: float, *, generator: torch.Generator,
+                    boundary: str = "circular", clip: bool = False) -> Tensor:
+    """y = clip?(x * kernel + n), n ~ N(0, (sigma/255)^2) from `generator`; no blur without a kernel, no noise at 0."""
     from robustir.degradations import add_gaussian_noise, blur
 
+    y = x if kernel is None else blur(x, kernel, boundary=boundary)
+    if sigma > 0:
+        return add_gaussian_noise(y, sigma, generator=generator, clip=clip)
+    return y.clamp(0, 1) if clip else y
+
+
+def blur_noise(kernel: Tensor, sigma: float = 0.0, *, boundary: str = "circular", clip: bool = False) -> DegradeFn:
+    """Uniform blur with a fixed kernel, then Gaussian noise (`sigma` on the 0-255 scale); returns input/kernel/sigma."""
     s = check_positive(sigma, "sigma", allow_zero=True)
     if not isinstance(kernel, Tensor) or kernel.ndim != 2:
         raise RobustirError(f"kernel: expected a (kh, kw) tensor, got "
@@ -58,11 +67,7 @@ def blur_noise(kernel: Tensor, sigma: float = 0.0, *, boundary: str = "circular"
     k = kernel.detach().float()
 
     def degrade(x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        y = blur(x, k.to(x.dtype), boundary=boundary)
-        if s > 0:
-            y = add_gaussian_noise(y, s, generator=generator, clip=clip)
-        elif clip:
-            y = y.clamp(0, 1)
+        y = blur_then_noise(x, k.to(x.dtype), s, generator=generator, boundary=boundary, clip=clip)
         return {"input": y, "kernel": k, "sigma": torch.tensor(s, dtype=x.dtype)}
 
     return degrade
@@ -71,17 +76,13 @@ def blur_noise(kernel: Tensor, sigma: float = 0.0, *, boundary: str = "circular"
 def motion_blur_noise(size: int, *, intensity: float = 0.5, sigma: float = 0.0, boundary: str = "circular",
                       clip: bool = False) -> DegradeFn:
     """A fresh random camera-shake kernel per item (`robustir.degradations.motion_kernel`), blur, then noise."""
-    from robustir.degradations import add_gaussian_noise, blur, motion_kernel
+    from robustir.degradations import motion_kernel
 
     s = check_positive(sigma, "sigma", allow_zero=True)
 
     def degrade(x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         k = motion_kernel(size, intensity=intensity, generator=generator).to(x.dtype)
-        y = blur(x, k, boundary=boundary)
-        if s > 0:
-            y = add_gaussian_noise(y, s, generator=generator, clip=clip)
-        elif clip:
-            y = y.clamp(0, 1)
+        y = blur_then_noise(x, k, s, generator=generator, boundary=boundary, clip=clip)
         return {"input": y, "kernel": k, "sigma": torch.tensor(s, dtype=x.dtype)}
 
     return degrade

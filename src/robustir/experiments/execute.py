@@ -270,18 +270,13 @@ def cyclic_target(item: Item, items: Sequence[Item]) -> int:
 
 def observation(ctx: Context, item: Item) -> tuple[Tensor, Tensor, Tensor | None]:
     """(clean x, degraded y, kernel) for an item; the noise derives from the experiment seed and the item only."""
-    from robustir.degradations import add_gaussian_noise, blur
+    from robustir.data.degrade import blur_then_noise
 
-    data = next(d for d in ctx.exp.data if d.id == item.dataset)
+    deg = next(d for d in ctx.exp.data if d.id == item.dataset).degradation
     x = ctx._images[item.dataset][item.image_index][None]
-    kernel = None
-    y = x
-    if item.kernel_index is not None:
-        kernel = ctx._kernels[item.dataset][item.kernel_index]
-        y = blur(y, kernel, boundary=data.degradation.boundary)
-    if data.degradation.noise_sigma > 0:
-        g = torch.Generator().manual_seed(derive_seed(ctx.exp.seed, "noise", item.dataset, item.name))
-        y = add_gaussian_noise(y, data.degradation.noise_sigma, generator=g, clip=data.degradation.clip)
+    kernel = None if item.kernel_index is None else ctx._kernels[item.dataset][item.kernel_index]
+    g = torch.Generator().manual_seed(derive_seed(ctx.exp.seed, "noise", item.dataset, item.name))
+    y = blur_then_noise(x, kernel, deg.noise_sigma, generator=g, boundary=deg.boundary, clip=deg.clip)
     return x, y, kernel
 
 
