@@ -30,13 +30,16 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, printing user errors as one line (no traceback) and exiting non-zero."""
+def run_click(command: click.Command, argv: list[str] | None = None) -> int:
+    """Run a click command, printing user and file-system errors as one line (no traceback); return the exit code."""
     try:
-        cli.main(args=argv, standalone_mode=False)
+        command.main(args=argv, standalone_mode=False)
     except RobustirError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder: the message names the file
+        click.echo(f"error: {exc}", err=True)
+        return 1
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("interrupted", err=True)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `robustir`."""
+    return run_click(cli, argv)
 
 
 if __name__ == "__main__":

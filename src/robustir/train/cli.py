@@ -68,16 +68,10 @@ COMMANDS = [train_command, ship_command]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point with the same error handling as `robustir`."""
-    try:
-        train_command.main(args=argv, standalone_mode=False)
-    except RobustirError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return 0
+    """Standalone entry point (`python -m robustir.train.cli`, e.g. under torchrun) with `robustir`'s error handling."""
+    from robustir.cli import run_click  # late: robustir.cli imports this module to register its commands
+
+    return run_click(train_command, argv)
 
 
 if __name__ == "__main__":
