@@ -217,13 +217,15 @@ def _describe_training(config: dict[str, Any]) -> tuple[str, str]:
     return data, json.dumps(config.get("batch", []))
 
 
-def _verdict(model_psnr: float, wiener_psnr: float) -> str:
-    """One honest line comparing a model with the Wiener baseline."""
-    gap = model_psnr - wiener_psnr
+def _verdict(model: dict[str, Any], wiener: dict[str, Any]) -> str:
+    """One honest line comparing a model's held-out PSNR/SSIM with the Wiener baseline's."""
+    gap = model["psnr"] - wiener["psnr"]
+    ssim_note = (f"SSIM {model['ssim']:.4f} vs Wiener {wiener['ssim']:.4f} "
+                 f"({'better' if model['ssim'] > wiener['ssim'] else 'worse'})")
     if gap > 0:
-        return f"beats the oracle-tuned Wiener baseline by {gap:.2f} dB on the held-out set"
-    return (f"loses to the oracle-tuned Wiener baseline by {-gap:.2f} dB on the held-out set: NOT trained enough "
-            f"(a CPU budget of minutes); do not use it as a competent deblurrer")
+        return f"beats the oracle-tuned Wiener baseline by {gap:.2f} dB PSNR on the held-out set; {ssim_note}"
+    return (f"loses to the oracle-tuned Wiener baseline by {-gap:.2f} dB PSNR on the held-out set ({ssim_note}): "
+            f"NOT trained enough (a CPU budget of minutes)")
 
 
 def ship_run(run_dir: str | Path, name: str, *, command: str, dest: str | Path | None = None,
@@ -268,7 +270,7 @@ def ship_run(run_dir: str | Path, name: str, *, command: str, dest: str | Path |
             "psnr_gain_over_wiener": round(scores["psnr"] - base["psnr"], 3),
             "training_val": meta.get("val", {}),
         },
-        "verdict": _verdict(scores["psnr"], base["psnr"]),
+        "verdict": _verdict(scores, base),
         "notes": notes,
         "config": config,
     }
