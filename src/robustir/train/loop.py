@@ -200,7 +200,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, data: TrainingData | None =
     """Run (or resume) a training run described by `cfg`; see the module docstring for the files written."""
     dist_info = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, dist_info, resume=resume, data=data, data_root=data_root, progress=progress)
+        result = _train(cfg, dist_info, resume=resume, data=data, data_root=data_root, progress=progress)
+        barrier(dist_info)  # on success only: a Gloo peer tearing down first can abort the others at exit
+        return result
     finally:
         shutdown(dist_info)
 
