@@ -69,29 +69,29 @@ def runner_seconds(raw: dict) -> tuple[float, int]:
 def main() -> None:
     """Print the measurements as a table (and JSON with --json)."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results: dict[str, object] = {"threads": torch.get_num_threads(), "model": MODEL, "crop": args.crop}
     with tempfile.TemporaryDirectory() as tmp:
-        base = _experiment(Path(tmp) / "sweep", 4, [5, 10], [1 / 255, 2 / 255, 4 / 255], args.crop, 1)
+        base = _experiment(Path(tmp) / "sweep", 4, [10, 20], [1 / 255, 2 / 255, 4 / 255], args.crop, 1)
         pure_attack_seconds(base)  # warm-up: first calls allocate and tune kernels
         pure = pure_attack_seconds(base)
         wall, jobs = runner_seconds(base)
         overhead = (wall - pure) / wall
         results["sweep"] = {"jobs": jobs, "runner_s": wall, "pure_attack_s": pure, "overhead": overhead,
                             "images_per_s": jobs / wall}
-        print(f"sweep: {jobs} jobs (4 images x 2 step counts x 3 eps), {args.crop}x{args.crop}, DnCNN nc32 nb10")
+        print(f"sweep: {jobs} jobs (4 images x steps {{10, 20}} x 3 eps), {args.crop}x{args.crop}, DnCNN nc32 nb10")
         print(f"  runner wall time        {wall:8.2f} s   ({jobs / wall:.2f} attacked images/s)")
         print(f"  pure attack compute     {pure:8.2f} s")
         print(f"  runner overhead         {100 * overhead:7.1f} %   (goal < 5 %)")
-        print("scaling (runner wall time, no artifacts, best of 3):")
+        print("scaling (runner wall time, 64x64 crops, no artifacts, best of 3):")
 
         def best(name: str, images: int, steps: list[int], eps: list[float]) -> tuple[int, float]:
             times = []
             for rep in range(3):
-                raw = _experiment(Path(tmp) / f"{name}_{rep}".replace(" ", "_"), images, steps, eps, args.crop, 0)
+                raw = _experiment(Path(tmp) / f"{name}_{rep}".replace(" ", "_"), images, steps, eps, 64, 0)
                 secs, n = runner_seconds(raw)
                 times.append(secs)
             return n, min(times)
