@@ -91,9 +91,16 @@ def test_yaml_loading_overrides_and_shipped_configs(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.yaml")
     shipped = sorted((REPO / "configs" / "train").glob("*.yaml"))
     assert shipped, "configs/train/*.yaml missing"
+    from robustir.data import data_root
+
+    have_data = data_root(required=False) is not None
     for p in shipped:
         c = load_config(p)
-        build_batch_prep(c.batch)
+        try:
+            build_batch_prep(c.batch)
+        except RobustirError as exc:  # configs with Levin kernels read them from the data root
+            if have_data or "data root" not in str(exc):
+                raise
         build_restorer(c.model)
 
 
