@@ -206,3 +206,44 @@ def test_channel_mismatch_and_missing_weights_are_clear(workspace: Path) -> None
     bad = _experiment(workspace, models={"a": {"spec": TINY, "weights": "nope.safetensors"}}, transfer=[])
     with pytest.raises(RobustirError, match=r"models\.a\.weights: file not found"):
         load_experiment(bad)
+
+
+def test_gopro_layout_pairs_are_attacked_on_their_real_inputs(workspace: Path) -> None:
+    from robustir.degradations import blur
+
+    root = workspace / "gopro" / "test"
+    rng = np.random.default_rng(0)
+    k = torch.ones(3, 3) / 9
+    for seq in ("GOPR0001", "GOPR0002"):
+        for sub in ("blur", "sharp"):
+            (root / seq / sub).mkdir(parents=True, exist_ok=True)
+        sharp = rng.random((20, 22)).astype(np.float32)
+        blurred = blur(torch.from_numpy(sharp)[None, None], k, boundary="reflect")[0, 0].numpy()
+        Image.fromarray((sharp * 255).round().astype(np.uint8)).save(root / seq / "sharp" / "000001.png")
+        Image.fromarray((blurred * 255).round().astype(np.uint8)).save(root / seq / "blur" / "000001.png")
+    path = _experiment(workspace, data={"gopro": {"source": str(workspace / "gopro"), "paired": True,
+                                                  "split": "test"}},
+                       attacks={"pgd": {"preset": "pgd", "params": {"eps": "4/255", "steps": 2}}},
+                       models={"a": {"spec": TINY, "weights": "tiny0.safetensors"}}, transfer=[])
+    exp = load_experiment(path, output=str(workspace / "gopro_out"))
+    summary = run_experiment(exp, progress=False)
+    assert summary.executed == 2
+    rows = [r for r in ResultsDB(exp.output / "results.sqlite").rows() if r["metric"] == "psnr"]
+    assert sorted(r["item"] for r in rows) == ["GOPR0001/000001", "GOPR0002/000001"]
+    # the clean score is the model on the real blurred input against the sharp target
+    from robustir.data import load_image
+    from robustir.experiments.execute import load_model
+    from robustir.metrics import psnr
+
+    model = load_model(exp.models[0], torch.device("cpu"))
+    y = load_image(root / "GOPR0001" / "blur" / "000001.png")[None]
+    x = load_image(root / "GOPR0001" / "sharp" / "000001.png")[None]
+    with torch.no_grad():
+        expected = float(psnr(model(y).clamp(0, 1), x))
+    got = next(r["clean"] for r in rows if r["item"] == "GOPR0001/000001")
+    assert got == pytest.approx(expected, abs=1e-6)  # batched (2 images) vs one image: float summation order
+    assert all(r["attacked"] < r["clean"] for r in rows)
+    bad = _experiment(workspace, data={"g": {"source": str(workspace / "gopro"), "paired": True,
+                                             "degradation": {"noise_sigma": 5}}}, transfer=[])
+    with pytest.raises(RobustirError, match="brings its own degraded inputs"):
+        load_experiment(bad)

@@ -46,6 +46,7 @@ class Context:
     fingerprints: dict[str, str]
     config_snapshot: dict[str, Any]
     _images: dict[str, list[Tensor]] = field(default_factory=dict)
+    _inputs: dict[str, list[Tensor] | None] = field(default_factory=dict)
     _kernels: dict[str, list[Tensor] | None] = field(default_factory=dict)
     _models: dict[str, Any] = field(default_factory=dict)
 
@@ -176,16 +177,25 @@ def _load_kernels(spec: str | None, seed: int) -> list[Tensor] | None:
     return ks
 
 
-def load_dataset_images(data: DataEntry) -> list[tuple[str, Tensor]]:
-    """The dataset's clean images (name, (C,H,W)), preprocessed, in a stable order, limited to `limit`."""
-    from robustir.data import load_image, resolve_dataset
+def load_dataset_images(data: DataEntry) -> list[tuple[str, Tensor, Tensor | None]]:
+    """The dataset's (name, clean (C,H,W), degraded input or None), preprocessed, in a stable order, up to `limit`.
 
+    Synthetic datasets give None for the input (degraded on the fly); paired datasets (GoPro layout or
+    input/target folders) give their real degraded input, preprocessed exactly like its target.
+    """
+    from robustir.data import PairedFolder, load_image, resolve_dataset
+
+    if data.paired:
+        pairs = PairedFolder(data.source, split=data.split)
+        items = list(zip(pairs.names, pairs.pairs))[:data.limit]
+        return [(Path(name).with_suffix("").as_posix(), preprocess(load_image(tgt), data),
+                 preprocess(load_image(inp), data)) for name, (inp, tgt) in items]
     paths = resolve_dataset(data.source)
     if data.limit is not None:
         paths = paths[:data.limit]
     if not paths:
         raise RobustirError(f"data.{data.id}: no images found in {data.source!r}")
-    return [(Path(p).stem, preprocess(load_image(p), data)) for p in paths]
+    return [(Path(p).stem, preprocess(load_image(p), data), None) for p in paths]
 
 
 def prepare(exp: Experiment) -> Context:
@@ -194,15 +204,17 @@ def prepare(exp: Experiment) -> Context:
     fingerprints = {m.id: model_fingerprint(m) for m in exp.models}
     items: dict[str, list[Item]] = {}
     images: dict[str, list[Tensor]] = {}
+    inputs: dict[str, list[Tensor] | None] = {}
     kernels: dict[str, list[Tensor] | None] = {}
     for data in exp.data:
         imgs = load_dataset_images(data)
         ks = _load_kernels(data.degradation.kernels, exp.seed)
-        images[data.id] = [x for _, x in imgs]
+        images[data.id] = [x for _, x, _ in imgs]
+        inputs[data.id] = [y for _, _, y in imgs] if data.paired else None
         kernels[data.id] = ks
         items[data.id] = [
             Item(data.id, i, name, j, tuple(x.shape), None if ks is None else tuple(ks[j].shape))
-            for i, (name, x) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
+            for i, (name, x, _) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
         ]
     jobs = expand_jobs(exp, items, fingerprints, target_of=cyclic_target)
     _preflight(exp, device, images, kernels)
@@ -221,7 +233,7 @@ def prepare(exp: Experiment) -> Context:
                 "transfer": [{"source": t.source, "targets": list(t.targets)} for t in exp.transfer],
                 "metrics": list(exp.metrics), "jobs": len(jobs)}
     ctx = Context(exp, device, items, jobs, fingerprints, snapshot)
-    ctx._images, ctx._kernels = images, kernels
+    ctx._images, ctx._inputs, ctx._kernels = images, inputs, kernels
     return ctx
 
 
@@ -274,6 +286,9 @@ def observation(ctx: Context, item: Item) -> tuple[Tensor, Tensor, Tensor | None
 
     deg = next(d for d in ctx.exp.data if d.id == item.dataset).degradation
     x = ctx._images[item.dataset][item.image_index][None]
+    paired = ctx._inputs.get(item.dataset)
+    if paired is not None:  # a real degraded input (GoPro-style pairs)
+        return x, paired[item.image_index][None], None
     kernel = None if item.kernel_index is None else ctx._kernels[item.dataset][item.kernel_index]
     g = torch.Generator().manual_seed(derive_seed(ctx.exp.seed, "noise", item.dataset, item.name))
     y = blur_then_noise(x, kernel, deg.noise_sigma, generator=g, boundary=deg.boundary, clip=deg.clip)

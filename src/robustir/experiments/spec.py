@@ -75,6 +75,8 @@ class DataEntry:
     degradation: Degradation = field(default_factory=Degradation)
     label: str | None = None
     paper_label: str | None = None
+    paired: bool = False
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ VALID_METRICS = ("psnr", "ssim", "mae", "ncc")
 _TOP_KEYS = {"name", "description", "seed", "output", "models", "data", "attacks", "transfer", "metrics", "quantize",
              "batch_size", "save_artifacts", "device", "paper"}
 _MODEL_KEYS = {"spec", "shipped", "weights", "sigma", "label", "craft", "datasets", "paper_label"}
-_DATA_KEYS = {"source", "limit", "crop", "resize", "channels", "degradation", "label", "paper_label"}
+_DATA_KEYS = {"source", "limit", "crop", "resize", "channels", "degradation", "label", "paper_label", "paired",
+              "split"}
 _DEGRADATION_KEYS = {"noise_sigma", "kernels", "boundary", "clip"}
 _ATTACK_KEYS = {"preset", "params", "target", "label", "paper_label", "datasets"}
 _TARGET_MODES = ("cyclic",)
@@ -231,12 +234,18 @@ def _parse_data(raw: Any, base: Path | None) -> tuple[DataEntry, ...]:
             v = entry.get(key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise RobustirError(f"data.{did}.{key}: expected a positive integer, got {v!r}")
+        paired = bool(entry.get("paired", False))
+        if paired and entry.get("degradation"):
+            raise RobustirError(f"data.{did}: a paired dataset (GoPro layout or input/target folders) brings its own "
+                                f"degraded inputs; remove `degradation:`")
+        if entry.get("split") is not None and not paired:
+            raise RobustirError(f"data.{did}.split: only paired (GoPro-layout) datasets have splits")
         if entry.get("channels") not in (None, 1, 3):
             raise RobustirError(f"data.{did}.channels: expected 1 or 3, got {entry['channels']!r}")
         out.append(DataEntry(str(did), source, entry.get("limit"), entry.get("crop"), entry.get("resize"),
                              entry.get("channels"), Degradation(float(sigma), kernels, boundary,
                                                                 bool(deg_raw.get("clip", False))),
-                             entry.get("label"), entry.get("paper_label")))
+                             entry.get("label"), entry.get("paper_label"), paired, entry.get("split")))
     return tuple(out)
 
 
