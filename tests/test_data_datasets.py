@@ -129,8 +129,8 @@ def test_builtin_datasets_in_degraded_images_patches_and_experiments(no_data_roo
     patches = RandomPatches(ImageFolder("skimage-gray", limit=2), patch_size=16, patches_per_image=2, seed=0)
     assert [patches[i]["target"].shape for i in range(4)] == [(1, 16, 16)] * 4
     images = load_dataset_images(DataEntry("g", "skimage-gray", limit=3, crop=24))
-    assert [name for name, _ in images] == ["brick", "camera", "coins"]
-    assert all(x.shape == (1, 24, 24) for _, x in images)
+    assert [name for name, _, _ in images] == ["brick", "camera", "coins"]
+    assert all(x.shape == (1, 24, 24) and y is None for _, x, y in images)  # synthetic: degraded on the fly
 
 
 def test_unknown_names_list_valid_ones(tmp_path: Path) -> None:
