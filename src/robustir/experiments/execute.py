@@ -37,7 +37,7 @@ class BatchOutput:
 
 @dataclass
 class Context:
-    """Everything a process needs to execute jobs of one experiment (models and images loaded lazily)."""
+    """Everything a process needs to execute jobs of one experiment (models loaded once, by the preflight)."""
 
     exp: Experiment
     device: torch.device
@@ -217,7 +217,7 @@ def prepare(exp: Experiment) -> Context:
             for i, (name, x, _) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
         ]
     jobs = expand_jobs(exp, items, fingerprints, target_of=cyclic_target)
-    _preflight(exp, device, images, kernels)
+    models = _preflight(exp, device, images, kernels)
     snapshot = {"name": exp.name, "fingerprint": exp.fingerprint(), "seed": exp.seed, "paper": exp.paper,
                 "description": exp.description,
                 "models": {m.id: {"spec": m.spec, "weights": m.weights, "sigma": m.sigma, "label": m.label or m.id,
@@ -233,7 +233,7 @@ def prepare(exp: Experiment) -> Context:
                 "transfer": [{"source": t.source, "targets": list(t.targets)} for t in exp.transfer],
                 "metrics": list(exp.metrics), "jobs": len(jobs)}
     ctx = Context(exp, device, items, jobs, fingerprints, snapshot)
-    ctx._images, ctx._inputs, ctx._kernels = images, inputs, kernels
+    ctx._images, ctx._inputs, ctx._kernels, ctx._models = images, inputs, kernels, models
     return ctx
 
 
@@ -246,10 +246,12 @@ def _evaluated_on(exp: Experiment, model_id: str, data_id: str) -> bool:
 
 
 def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Tensor]],
-               kernels: dict[str, list[Tensor] | None]) -> None:
-    """Fail early, naming model and dataset, when a model cannot take a dataset (channels, missing sigma/kernel)."""
+               kernels: dict[str, list[Tensor] | None]) -> dict[str, Any]:
+    """Load every model and fail early, naming model and dataset, when a model cannot take a dataset (channels,
+    missing sigma/kernel); returns the loaded models so they are not loaded again."""
+    models: dict[str, Any] = {}
     for model_entry in exp.models:
-        model = load_model(model_entry, device)
+        model = models[model_entry.id] = load_model(model_entry, device)
         for data in exp.data:
             if not _evaluated_on(exp, model_entry.id, data.id):
                 continue
@@ -271,6 +273,7 @@ def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Ten
             except RobustirError as exc:
                 raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (images with "
                                     f"{x.shape[1]} channel(s)): {exc}") from None
+    return models
 
 
 def cyclic_target(item: Item, items: Sequence[Item]) -> int:

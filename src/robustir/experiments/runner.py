@@ -57,16 +57,21 @@ def _check_output(exp: Experiment, force: bool) -> None:
     shutil.rmtree(exp.output / "artifacts", ignore_errors=True)
 
 
-def _write_outputs(out_dir: Path, db: ResultsDB, outputs: Sequence[BatchOutput]) -> int:
-    """Write artifacts atomically, then each job's rows in its own transaction; returns the number of new jobs."""
-    done = db.finished_keys()
+def _write_outputs(out_dir: Path, db: ResultsDB, outputs: Sequence[BatchOutput], done: set[str]) -> int:
+    """Write artifacts atomically, then each job's rows in its own transaction; returns the number of new jobs.
+
+    `done` (the keys already in the database) is updated in place: a batch re-run for one unfinished job must not
+    rewrite the artifacts or rows of its finished neighbours.
+    """
     new = 0
     for out in outputs:
         if out.result.job_key in done:
             continue
         for rel, payload in out.files.items():
             atomic_write_bytes(out_dir / rel, payload)
-        new += db.write_job(out.result)
+        if db.write_job(out.result):
+            new += 1
+        done.add(out.result.job_key)
     return new
 
 
@@ -135,7 +140,7 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
         source = (_local_batches(ctx, batches) if backend == "local" else _ray_batches(exp, batches, address))
         try:
             for outputs in source:
-                executed += _write_outputs(exp.output, db, outputs)
+                executed += _write_outputs(exp.output, db, outputs, finished)
                 compute += sum(o.result.seconds for o in outputs)
                 bar.update(len(outputs))
         finally:
