@@ -67,6 +67,22 @@ def test_denoising_pgd_strength_on_dncnn(dncnn_setup: tuple) -> None:
 
 
 @pytest.mark.data
+def test_bf16_channels_last_attack_is_as_strong_as_float32(dncnn_setup: tuple) -> None:
+    # the CPU/GPU fast path (bf16 forward, fp32 loss and update) must not weaken the attack
+    model, gt, y = dncnn_setup
+    ys, gts = y[:2, :, :48, :48], gt[:2, :, :48, :48]
+    clean = _mean_psnr(model, ys, gts)
+    kw = {"eps": 4 / 255, "steps": 5, "track_best": False}
+    fp32 = preset("pgd", value_range=None, generator=torch.Generator().manual_seed(2), **kw)(model, ys, ref=gts)
+    fast = preset("pgd", value_range=None, generator=torch.Generator().manual_seed(2), amp_dtype="bf16",
+                  channels_last=True, **kw)(model, ys, ref=gts)
+    d32, dfast = clean - _mean_psnr(model, fp32.x_adv, gts), clean - _mean_psnr(model, fast.x_adv, gts)
+    print(f"PGD 4/255, 5 steps: drop fp32 {d32:.3f} dB, bf16+channels_last {dfast:.3f} dB")
+    assert d32 > 1.0 and abs(dfast - d32) < 0.1 * d32
+    assert float((fast.x_adv - ys).abs().max()) <= 4 / 255 + 1e-7
+
+
+@pytest.mark.data
 def test_pgd_beats_random_noise_of_same_norm(dncnn_setup: tuple) -> None:
     model, gt, y = dncnn_setup
     gt, y = gt[:2], y[:2]

@@ -418,6 +418,28 @@ def test_checkpoint_channels_last_amp_compile_options() -> None:
     torch.testing.assert_close(comp.x_adv, base.x_adv, rtol=0, atol=1e-6)
 
 
+def test_amp_dtype_names_and_errors() -> None:
+    from robustir.attacks.speed import bf16_native, parse_amp_dtype
+
+    for name, dtype in (("bf16", torch.bfloat16), ("BFloat16", torch.bfloat16), ("fp16", torch.float16),
+                        ("half", torch.float16), ("none", None), ("fp32", None), (None, None),
+                        (torch.bfloat16, torch.bfloat16)):
+        assert parse_amp_dtype(name) is dtype
+    # names as written in experiment files and on the command line give the same attack as the dtype
+    net = tiny_net()
+    x, gt = images(2, 3, 16, 16)
+    by_name = preset("pgd", steps=2, generator=gen(), amp_dtype="bf16")
+    assert by_name.amp_dtype is torch.bfloat16
+    torch.testing.assert_close(by_name(net, x, ref=gt).x_adv,
+                               preset("pgd", steps=2, generator=gen(), amp_dtype=torch.bfloat16)(net, x, ref=gt).x_adv,
+                               rtol=0, atol=0)
+    for bad in ("int8", torch.float64, 3):
+        with pytest.raises(RobustirError, match="amp_dtype"):
+            preset("pgd", amp_dtype=bad)
+    assert isinstance(bf16_native("cpu"), bool) and bf16_native("cuda") == (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 # ------------------------------------------------------------------------------------------------------- bad input
 
 def test_bad_input_errors() -> None:
@@ -491,3 +513,18 @@ def test_cli_attack_writes_lossless_outputs(tmp_path) -> None:  # noqa: ANN001
     lines = (out / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("image,clean_psnr,adv_psnr") and len(lines) == 3
     assert main(["attack", "--model", "dncnn-s25", "--attack", "nope", "--input", str(src), "--out", str(out)]) == 2
+    # speed options reach the attack and are recorded with the adversarial inputs
+    import json
+
+    from safetensors import safe_open
+
+    fast = tmp_path / "fast"
+    assert main(["attack", "--model", "dncnn-s25", "--eps", "4/255", "--steps", "2", "--sigma", "25", "--amp", "bf16",
+                 "--channels-last", "--checkpoint", "--input", str(src), "--out", str(fast)]) == 0
+    with safe_open(str(fast / "adversarial" / "0.safetensors"), "pt") as f:
+        opts = json.loads(f.metadata()["options"])
+    assert opts["amp_dtype"] == "bf16" and opts["channels_last"] is True and opts["checkpoint"] is True
+    assert "compile" not in opts
+    d = load_tensors(fast / "adversarial" / "0.safetensors")["delta"]
+    assert 0 < float(d.abs().max()) <= 4 / 255 + 1e-7
+    assert main(["attack", "--model", "dncnn-s25", "--amp", "int8", "--input", str(src), "--out", str(fast)]) == 2

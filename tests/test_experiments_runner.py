@@ -247,3 +247,28 @@ def test_gopro_layout_pairs_are_attacked_on_their_real_inputs(workspace: Path) -
                                              "degradation": {"noise_sigma": 5}}}, transfer=[])
     with pytest.raises(RobustirError, match="brings its own degraded inputs"):
         load_experiment(bad)
+
+
+def test_attack_speed_options_in_experiment_files(workspace: Path) -> None:
+    # amp / channels_last / checkpoint are attack params like any other: validated, recorded, and the attack is as
+    # strong as in float32
+    attacks = {"fast": {"preset": "denoising_pgd_linf",
+                        "params": {"eps": "4/255", "steps": 3, "amp_dtype": "bf16", "channels_last": True,
+                                   "checkpoint": True}},
+               "plain": {"preset": "denoising_pgd_linf", "params": {"eps": "4/255", "steps": 3}}}
+    exp = load_experiment(_experiment(workspace, attacks=attacks, transfer=[]), output=str(workspace / "run_speed"))
+    run_experiment(exp, progress=False)
+    rows = ResultsDB(exp.output / "results.sqlite").rows()
+    drop = {}
+    for r in rows:
+        if r["eval_model"] == "a" and r["metric"] == "psnr":
+            drop.setdefault(r["attack"], []).append(r["clean"] - r["attacked"])
+    fast, plain = np.mean(drop["fast"]), np.mean(drop["plain"])
+    assert plain > 0.1 and abs(fast - plain) < 0.1 * plain
+    assert {r["params"]["amp_dtype"] for r in rows if r["attack"] == "fast"} == {"bf16"}
+    bad = {"x": {"preset": "pgd", "params": {"amp_dtype": "int8"}}}
+    with pytest.raises(RobustirError, match="attacks.x.params: .*amp_dtype"):  # at load time, before any job
+        load_experiment(_experiment(workspace, attacks=bad, transfer=[]), output=str(workspace / "run_bad"))
+    typo = {"x": {"preset": "pgd", "params": {"eps": ["4/255", "8/255"], "stepz": 3}}}
+    with pytest.raises(RobustirError, match="attacks.x.params: .*unknown option.*stepz"):
+        load_experiment(_experiment(workspace, attacks=typo, transfer=[]), output=str(workspace / "run_bad"))

@@ -277,9 +277,21 @@ def _parse_attacks(raw: Any) -> tuple[AttackEntry, ...]:
         if target is not None and not targeted:
             raise RobustirError(f"attacks.{aid}: `target:` given but the attack is untargeted; use a targeted preset "
                                 f"or params.targeted: true")
+        _check_attack_params(str(aid), str(preset), params)
         out.append(AttackEntry(str(aid), str(preset), params, target, entry.get("label"), entry.get("paper_label"),
                                None if entry.get("datasets") is None else tuple(map(str, entry["datasets"]))))
     return tuple(out)
+
+
+def _check_attack_params(aid: str, name: str, params: Mapping[str, Any]) -> None:
+    """Build the attack of every grid point once, so that a bad parameter fails before any job runs."""
+    from robustir.attacks import preset
+
+    for combo in expand_grid(params):
+        try:
+            preset(name, **combo)
+        except RobustirError as exc:
+            raise RobustirError(f"attacks.{aid}.params: {exc}") from None
 
 
 def expand_grid(params: Mapping[str, Any]) -> list[dict[str, Any]]:
