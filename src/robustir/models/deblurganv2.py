@@ -1,11 +1,10 @@
-"""DeblurGANv2 generator (Kupyn et al., ICCV 2019): FPN over a MobileNetV2 backbone (`fpn_mobilenet`).
+"""DeblurGANv2 generators (Kupyn et al., ICCV 2019): FPN over MobileNetV2 (`fpn_mobilenet`) or Inception-ResNet-v2.
 
 Equivalent to `VITA-Group/DeblurGANv2` `models/fpn_mobilenet.py` (class `FPNMobileNet`) with its own
-`models/mobilenet_v2.py` backbone: same parameter names (including the `fpn.enc0..enc4` aliases of `fpn.features`
-that the released checkpoints list), same [-1,1] input range, output `clamp(tanh(final) + x, -1, 1)`.
-
-The Inception-ResNet-v2 variant (`FPNInception`) is NOT provided: its backbone comes from the third-party
-`pretrainedmodels` package and is built with an ImageNet download at construction (55.8M backbone parameters).
+`models/mobilenet_v2.py` backbone, and `models/fpn_inception.py` (class `FPNInception`) with the
+`pretrainedmodels` 0.7.4 Inception-ResNet-v2 backbone (rebuilt in `robustir.models.inception_resnet_v2`, nothing
+downloaded): same parameter names (including the `fpn.enc0..enc4` aliases of backbone layers that the released
+checkpoints list), same [-1,1] input range, output `clamp(tanh(final) + x, -1, 1)`.
 
 Norm statistics: the official `predict.py` runs the generator in TRAIN mode, one image per batch ("to use actual
 stats in norm layers"); `norm_stats="per_image"` reproduces that for any batch size without touching the running
@@ -14,11 +13,14 @@ buffers, while `"running"` (default) is ordinary PyTorch behaviour (running stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustir.errors import RobustirError
+from robustir.models.inception_resnet_v2 import InceptionResNetV2
 from robustir.models.registry import CallConvention, register_model, register_preset
 
 _NORM_STATS = ("running", "per_image")
@@ -56,7 +58,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return InstanceNorm2d(channels, affine=False, track_running_stats=True)
     if kind == "batch":
         return BatchNorm2d(channels, affine=True)
-    raise RobustirError(f"FPNMobileNet: norm_layer must be 'instance' or 'batch', got {kind!r}")
+    raise RobustirError(f"DeblurGANv2: norm_layer must be 'instance' or 'batch', got {kind!r}")
 
 
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
@@ -160,26 +162,140 @@ class FPN(nn.Module):
         enc2 = self.enc2(enc1)
         enc3 = self.enc3(enc2)
         enc4 = self.enc4(enc3)
-        map4 = self.lateral4(enc4)
-        map3 = self.td1(self.lateral3(enc3) + F.interpolate(map4, scale_factor=2, mode="nearest"))
-        map2 = self.td2(self.lateral2(enc2) + F.interpolate(map3, scale_factor=2, mode="nearest"))
-        map1 = self.td3(self.lateral1(enc1) + F.interpolate(map2, scale_factor=2, mode="nearest"))
+        map1, map2, map3, map4 = _top_down(self, self.lateral1(enc1), self.lateral2(enc2), self.lateral3(enc3),
+                                           self.lateral4(enc4))
         return self.lateral0(enc0), map1, map2, map3, map4
 
 
+def _top_down(fpn: nn.Module, lat1: Tensor, lat2: Tensor, lat3: Tensor, lat4: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The FPN top-down pathway: each level adds the 2x-upsampled coarser map, then its `td*` conv block."""
+    map3 = fpn.td1(lat3 + F.interpolate(lat4, scale_factor=2, mode="nearest"))
+    map2 = fpn.td2(lat2 + F.interpolate(map3, scale_factor=2, mode="nearest"))
+    map1 = fpn.td3(lat1 + F.interpolate(map2, scale_factor=2, mode="nearest"))
+    return map1, map2, map3, lat4
+
+
+class InceptionFPN(nn.Module):
+    """Inception-ResNet-v2 feature pyramid of the official `fpn_inception.py` (`FPN` there).
+
+    The backbone's unpadded convolutions leave maps one to three pixels short of H/2^k, so the laterals are
+    reflect-padded back: lateral4/3/1 by 1 on every side, lateral2 by (1, 2, 1, 2) and lateral0 by (0, 1, 0, 1).
+    Backbone layers after mixed_7a (repeat_2, block8, conv2d_7b, last_linear) are registered but unused.
+    """
+
+    def __init__(self, *, num_filters: int, norm_layer: str, width_mult: float) -> None:
+        super().__init__()
+        self.inception = InceptionResNetV2(num_classes=1000, width_mult=width_mult, norm=BatchNorm2d)
+        inc = self.inception
+        # aliases of backbone modules (the official code registers them, so checkpoints list both names)
+        self.enc0 = inc.conv2d_1a
+        self.enc1 = nn.Sequential(inc.conv2d_2a, inc.conv2d_2b, inc.maxpool_3a)
+        self.enc2 = nn.Sequential(inc.conv2d_3b, inc.conv2d_4a, inc.maxpool_5a)
+        self.enc3 = nn.Sequential(inc.mixed_5b, inc.repeat, inc.mixed_6a)
+        self.enc4 = nn.Sequential(inc.repeat_1, inc.mixed_7a)
+        self.td1 = _td(num_filters, norm_layer)
+        self.td2 = _td(num_filters, norm_layer)
+        self.td3 = _td(num_filters, norm_layer)
+        self.pad = nn.ReflectionPad2d(1)
+        c0, c1, c2, c3, c4 = inc.stage_channels
+        self.lateral4 = nn.Conv2d(c4, num_filters, kernel_size=1, bias=False)
+        self.lateral3 = nn.Conv2d(c3, num_filters, kernel_size=1, bias=False)
+        self.lateral2 = nn.Conv2d(c2, num_filters, kernel_size=1, bias=False)
+        self.lateral1 = nn.Conv2d(c1, num_filters, kernel_size=1, bias=False)
+        self.lateral0 = nn.Conv2d(c0, num_filters // 2, kernel_size=1, bias=False)
+
+    def unfreeze(self) -> None:
+        """Make the backbone trainable (the official FPN freezes it at construction)."""
+        self.inception.requires_grad_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Return (lateral0 at 1/2, map1 at 1/4, map2 at 1/8, map3 at 1/16, map4 at 1/32)."""
+        enc0 = self.enc0(x)
+        enc1 = self.enc1(enc0)
+        enc2 = self.enc2(enc1)
+        enc3 = self.enc3(enc2)
+        enc4 = self.enc4(enc3)
+        map1, map2, map3, map4 = _top_down(
+            self, self.pad(self.lateral1(enc1)), F.pad(self.lateral2(enc2), (1, 2, 1, 2), mode="reflect"),
+            self.pad(self.lateral3(enc3)), self.pad(self.lateral4(enc4)))
+        return F.pad(self.lateral0(enc0), (0, 1, 0, 1), mode="reflect"), map1, map2, map3, map4
+
+
 def _deblurgan_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tensor | None) -> Tensor:
-    """predict.py's pipeline on [0,1] input: map to [-1,1], zero-pad bottom/right to ((h//32)+1)*32, run, map back."""
+    """predict.py's pipeline on [0,1] input: map to [-1,1], zero-pad bottom/right to ((h//32)+1)*32, run, map back.
+
+    Sizes are raised to the generator's `min_size` (128 for FPNInception, on which the official code fails below it).
+    """
     h, w = y.shape[-2:]
+    low = getattr(net, "min_size", 32)
     x = y * 2 - 1
-    x = F.pad(x, (0, (w // 32 + 1) * 32 - w, 0, (h // 32 + 1) * 32 - h))
+    x = F.pad(x, (0, max((w // 32 + 1) * 32, low) - w, 0, max((h // 32 + 1) * 32, low) - h))
     return (net(x) + 1) / 2  # the restorer crops to (h, w)
+
+
+class _FPNGenerator(nn.Module):
+    """The DeblurGANv2 generator body shared by both backbones: four FPN heads, two smoothing stages, tanh residual."""
+
+    min_size = 32
+
+    def __init__(self, *, fpn: Callable[[], nn.Module], norm_layer: str, output_ch: int, num_filters: int,
+                 num_filters_fpn: int, pretrained: bool, norm_stats: str) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if pretrained:
+            raise RobustirError(f"{name}: pretrained=True would load ImageNet backbone weights; robustir never "
+                                f"downloads. Build with pretrained=False and load a checkpoint with load_weights()")
+        if output_ch != 3:
+            raise RobustirError(f"{name}: output_ch must be 3 (the output is added to the RGB input), got {output_ch}")
+        _norm(norm_layer, 1)  # fail on a bad norm name before building a large backbone
+        self.fpn = fpn()
+        for i in (1, 2, 3, 4):
+            setattr(self, f"head{i}", FPNHead(num_in=num_filters_fpn, num_mid=num_filters, num_out=num_filters))
+        self.smooth = nn.Sequential(nn.Conv2d(4 * num_filters, num_filters, kernel_size=3, padding=1),
+                                    _norm(norm_layer, num_filters), nn.ReLU())
+        self.smooth2 = nn.Sequential(nn.Conv2d(num_filters, num_filters // 2, kernel_size=3, padding=1),
+                                     _norm(norm_layer, num_filters // 2), nn.ReLU())
+        self.final = nn.Conv2d(num_filters // 2, output_ch, kernel_size=3, padding=1)
+        self.set_norm_stats(norm_stats)
+
+    def set_norm_stats(self, mode: str) -> None:
+        """Choose 'running' (ordinary train/eval behaviour) or 'per_image' (predict.py's train-mode inference)."""
+        if mode not in _NORM_STATS:
+            raise RobustirError(f"{type(self).__name__}: norm_stats must be one of {_NORM_STATS}, got {mode!r}")
+        self.norm_stats = mode
+        for m in self.modules():
+            if isinstance(m, _PerImageMixin):
+                m.per_image = mode == "per_image"
+
+    def unfreeze(self) -> None:
+        """Make the backbone trainable (official method name)."""
+        self.fpn.unfreeze()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Deblur `(N, 3, H, W)` in [-1,1] with H, W multiples of 32 (and at least `min_size`)."""
+        name = type(self).__name__
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise RobustirError(f"{name}: input must be (N, 3, H, W) in [-1,1], got {tuple(x.shape)}")
+        if x.shape[2] % 32 or x.shape[3] % 32 or min(x.shape[2:]) < self.min_size:
+            raise RobustirError(f"{name}: H and W must be multiples of 32 and at least {self.min_size}, got "
+                                f"{x.shape[2]}x{x.shape[3]} (use robustir.models.restorer, which pads like predict.py)")
+        map0, map1, map2, map3, map4 = self.fpn(x)
+        map4 = F.interpolate(self.head4(map4), scale_factor=8, mode="nearest")
+        map3 = F.interpolate(self.head3(map3), scale_factor=4, mode="nearest")
+        map2 = F.interpolate(self.head2(map2), scale_factor=2, mode="nearest")
+        map1 = self.head1(map1)
+        smoothed = self.smooth(torch.cat([map4, map3, map2, map1], dim=1))
+        smoothed = self.smooth2(F.interpolate(smoothed, scale_factor=2, mode="nearest") + map0)
+        final = self.final(F.interpolate(smoothed, scale_factor=2, mode="nearest"))
+        return torch.clamp(torch.tanh(final) + x, min=-1, max=1)
 
 
 @register_model("FPNMobileNet", task="deblur",
                 description="DeblurGANv2 generator, FPN + MobileNetV2 (ICCV 2019); [-1,1] images, blind",
                 call=CallConvention(adapter=_deblurgan_adapter),
                 test_spec={"type": "FPNMobileNet", "num_filters": 8, "num_filters_fpn": 16, "width_mult": 0.25})
-class FPNMobileNet(nn.Module):
+class FPNMobileNet(_FPNGenerator):
     """DeblurGANv2 FPN-MobileNetV2 generator (Kupyn et al., ICCV 2019; official `VITA-Group/DeblurGANv2`).
 
     Args:
@@ -197,55 +313,48 @@ class FPNMobileNet(nn.Module):
     def __init__(self, *, norm_layer: str = "instance", output_ch: int = 3, num_filters: int = 64,
                  num_filters_fpn: int = 128, width_mult: float = 1.0, last_channel: int | None = None,
                  pretrained: bool = False, norm_stats: str = "running") -> None:
-        super().__init__()
-        if pretrained:
-            raise RobustirError("FPNMobileNet: pretrained=True would load ImageNet backbone weights; robustir never "
-                                "downloads. Build with pretrained=False and load a checkpoint with load_weights()")
-        if output_ch != 3:
-            raise RobustirError(f"FPNMobileNet: output_ch must be 3 (the output is added to the RGB input), "
-                                f"got {output_ch}")
         if int(16 * width_mult) < 1:
             raise RobustirError(f"FPNMobileNet: width_mult={width_mult} leaves a backbone stage with no channels")
-        self.fpn = FPN(num_filters=num_filters_fpn, norm_layer=norm_layer, width_mult=width_mult,
-                       last_channel=last_channel)
-        for i in (1, 2, 3, 4):
-            setattr(self, f"head{i}", FPNHead(num_in=num_filters_fpn, num_mid=num_filters, num_out=num_filters))
-        self.smooth = nn.Sequential(nn.Conv2d(4 * num_filters, num_filters, kernel_size=3, padding=1),
-                                    _norm(norm_layer, num_filters), nn.ReLU())
-        self.smooth2 = nn.Sequential(nn.Conv2d(num_filters, num_filters // 2, kernel_size=3, padding=1),
-                                     _norm(norm_layer, num_filters // 2), nn.ReLU())
-        self.final = nn.Conv2d(num_filters // 2, output_ch, kernel_size=3, padding=1)
-        self.set_norm_stats(norm_stats)
+        super().__init__(fpn=lambda: FPN(num_filters=num_filters_fpn, norm_layer=norm_layer, width_mult=width_mult,
+                                         last_channel=last_channel),
+                         norm_layer=norm_layer, output_ch=output_ch, num_filters=num_filters,
+                         num_filters_fpn=num_filters_fpn, pretrained=pretrained, norm_stats=norm_stats)
 
-    def set_norm_stats(self, mode: str) -> None:
-        """Choose 'running' (ordinary train/eval behaviour) or 'per_image' (predict.py's train-mode inference)."""
-        if mode not in _NORM_STATS:
-            raise RobustirError(f"FPNMobileNet: norm_stats must be one of {_NORM_STATS}, got {mode!r}")
-        self.norm_stats = mode
-        for m in self.modules():
-            if isinstance(m, _PerImageMixin):
-                m.per_image = mode == "per_image"
 
-    def unfreeze(self) -> None:
-        """Make the backbone trainable (official method name)."""
-        self.fpn.unfreeze()
+@register_model("FPNInception", task="deblur",
+                description="DeblurGANv2 generator, FPN + Inception-ResNet-v2 (ICCV 2019); [-1,1] images, blind",
+                call=CallConvention(adapter=_deblurgan_adapter),
+                test_spec={"type": "FPNInception", "num_filters": 8, "num_filters_fpn": 16, "width_mult": 0.0625})
+class FPNInception(_FPNGenerator):
+    """DeblurGANv2 FPN-Inception-ResNet-v2 generator (Kupyn et al., ICCV 2019; official `VITA-Group/DeblurGANv2`).
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Deblur `(N, 3, H, W)` in [-1,1] with H, W multiples of 32."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise RobustirError(f"FPNMobileNet: input must be (N, 3, H, W) in [-1,1], got {tuple(x.shape)}")
-        if x.shape[2] % 32 or x.shape[3] % 32:
-            raise RobustirError(f"FPNMobileNet: H and W must be multiples of 32, got {x.shape[2]}x{x.shape[3]} "
-                                f"(use robustir.models.restorer, which pads like predict.py)")
-        map0, map1, map2, map3, map4 = self.fpn(x)
-        map4 = F.interpolate(self.head4(map4), scale_factor=8, mode="nearest")
-        map3 = F.interpolate(self.head3(map3), scale_factor=4, mode="nearest")
-        map2 = F.interpolate(self.head2(map2), scale_factor=2, mode="nearest")
-        map1 = self.head1(map1)
-        smoothed = self.smooth(torch.cat([map4, map3, map2, map1], dim=1))
-        smoothed = self.smooth2(F.interpolate(smoothed, scale_factor=2, mode="nearest") + map0)
-        final = self.final(F.interpolate(smoothed, scale_factor=2, mode="nearest"))
-        return torch.clamp(torch.tanh(final) + x, min=-1, max=1)
+    Args:
+        norm_layer: 'instance' (InstanceNorm2d, affine False, running stats tracked: the released model) or 'batch'.
+        output_ch, num_filters, num_filters_fpn: official options (released: 3, 128, 256).
+        width_mult: backbone width scale for small test models (not an official option; 1.0 is the
+            `pretrainedmodels` network, 55,843,464 parameters); also scales the lateral convs' input widths.
+        pretrained: must be False: nothing is downloaded; load released weights (`fpn_inception.h5`) with
+            `load_weights`.
+        norm_stats: 'running' or 'per_image' (predict.py's train-mode inference; applies to the backbone
+            BatchNorms too).
+
+    The official FPN freezes the backbone's parameters at construction (training unfreezes it later); robustir
+    leaves them trainable. `forward(x)`: x `(N, 3, H, W)` in [-1,1], H and W multiples of 32 and at least 128 (the
+    unpadded backbone leaves 1/32 maps too small to reflect-pad below that); returns `clamp(tanh(final) + x, -1, 1)`.
+    """
+
+    min_size = 128
+
+    def __init__(self, *, norm_layer: str = "instance", output_ch: int = 3, num_filters: int = 128,
+                 num_filters_fpn: int = 256, width_mult: float = 1.0, pretrained: bool = False,
+                 norm_stats: str = "running") -> None:
+        if not 0 < width_mult <= 1:
+            raise RobustirError(f"FPNInception: width_mult must be in (0, 1] (1 = the released backbone), "
+                                f"got {width_mult}")
+        super().__init__(fpn=lambda: InceptionFPN(num_filters=num_filters_fpn, norm_layer=norm_layer,
+                                                  width_mult=width_mult),
+                         norm_layer=norm_layer, output_ch=output_ch, num_filters=num_filters,
+                         num_filters_fpn=num_filters_fpn, pretrained=pretrained, norm_stats=norm_stats)
 
 
 register_preset("deblurganv2-fpn-mobilenet", {"type": "FPNMobileNet"},
@@ -255,3 +364,5 @@ register_preset("deblurganv2-fpn-mobilenet-predict", {"type": "FPNMobileNet", "n
 register_preset("deblurganv2-fpn-mobilenet-small", {"type": "FPNMobileNet", "num_filters": 16,
                                                     "num_filters_fpn": 32, "width_mult": 0.5},
                 "DeblurGANv2 FPN-MobileNetV2 at half backbone width and 1/4 head width: trainable on CPU")
+register_preset("deblurganv2-fpn-inception", {"type": "FPNInception"},
+                "DeblurGANv2 FPN-Inception-ResNet-v2 generator as released (fpn_inception.h5; 60,929,291 parameters)")
