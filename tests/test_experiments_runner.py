@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
+from robustir.data.atomic import _TMP_MARK
 from robustir.errors import RobustirError
 from robustir.experiments.db import ResultsDB
 from robustir.experiments.runner import run_experiment
@@ -98,24 +99,39 @@ def test_run_records_every_job_and_report(workspace: Path) -> None:
     assert html.count("data:image/png;base64") >= 6 and "transferability" in html
 
 
-def _kill_when(cmd: list[str], db_path: Path, jobs: int, env: dict[str, str], timeout: float = 120) -> None:
-    """Start the run and SIGKILL it as soon as the database holds at least `jobs` finished jobs."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    t0 = time.time()
-    try:
-        while time.time() - t0 < timeout and proc.poll() is None:
-            if db_path.exists():
-                try:
-                    with sqlite3.connect(db_path, timeout=1) as c:
-                        if c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] >= jobs:
-                            break
-                except sqlite3.OperationalError:
-                    pass
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+# Run the CLI in a child that SIGKILLs itself at a chosen point: right after the N-th job is committed, or in the
+# middle of the N-th atomic artifact write (temporary file written, not yet renamed). Killing from inside makes the
+# points exact; a poll-and-kill from outside raced a run that finishes 12 tiny jobs within one polling interval.
+_KILLER = """
+import os, signal, sys
+import robustir.data.atomic as atomic
+from robustir.experiments.db import ResultsDB
+mode, n = sys.argv[1], int(sys.argv[2])
+count = {"jobs": 0, "writes": 0}
+write_job, replace = ResultsDB.write_job, os.replace
+def killing_write_job(self, r):
+    out = write_job(self, r)
+    count["jobs"] += 1
+    if mode == "after_job" and count["jobs"] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+def killing_replace(src, dst):
+    count["writes"] += 1
+    if mode == "mid_write" and count["writes"] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst)
+ResultsDB.write_job = killing_write_job
+atomic.os.replace = killing_replace
+from robustir.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _run_killed(args: list[str], mode: str, n: int, env: dict[str, str]) -> int:
+    """Run `robustir ARGS` in a child that SIGKILLs itself at the chosen point; return its exit code."""
+    proc = subprocess.run([sys.executable, "-c", _KILLER, mode, str(n), *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode
 
 
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(workspace: Path) -> None:
@@ -125,11 +141,18 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(workspace: P
     expected = _dump(ref.output)
     out = workspace / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "robustir.cli", "run", str(path), "--out", str(out), "--no-report", "--quiet"]
-    for jobs in (1, 4, 9):
-        _kill_when(cmd, out / "results.sqlite", jobs, env)
+    args = ["run", str(path), "--out", str(out), "--no-report", "--quiet"]
+    cmd = [sys.executable, "-m", "robustir.cli", *args]
+    finished = 0
+    # each run resumes the previous one: kill after the 1st new job, in the middle of an artifact write, after 3 more
+    for mode, n in (("after_job", 1), ("mid_write", 2), ("after_job", 3)):
+        assert _run_killed(args, mode, n, env) == -signal.SIGKILL
         with ResultsDB(out / "results.sqlite") as db:
-            assert jobs <= len(db.finished_keys()) < 12
+            now = len(db.finished_keys())
+        assert finished < now < 12 if mode == "after_job" else finished <= now < 12
+        finished = now
+        if mode == "mid_write":  # the killed write left its temporary file behind (the resume removes it)
+            assert [p for p in out.rglob("*") if _TMP_MARK in p.name]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert _dump(out) == expected
@@ -264,7 +287,11 @@ def test_attack_speed_options_in_experiment_files(workspace: Path) -> None:
         if r["eval_model"] == "a" and r["metric"] == "psnr":
             drop.setdefault(r["attack"], []).append(r["clean"] - r["attacked"])
     fast, plain = np.mean(drop["fast"]), np.mean(drop["plain"])
-    assert plain > 0.1 and abs(fast - plain) < 0.1 * plain
+    # the bf16 path was taken (results differ from float32) and is about as strong; sign-PGD on a tiny random net is
+    # chaotic (thread counts alone move these 3-image means by 5 %), hence the loose bound here and the tight one on
+    # the official DnCNN in test_attack_models.py
+    assert drop["fast"] != drop["plain"]
+    assert plain > 0.1 and abs(fast - plain) < 0.3 * plain
     assert {r["params"]["amp_dtype"] for r in rows if r["attack"] == "fast"} == {"bf16"}
     bad = {"x": {"preset": "pgd", "params": {"amp_dtype": "int8"}}}
     with pytest.raises(RobustirError, match="attacks.x.params: .*amp_dtype"):  # at load time, before any job
