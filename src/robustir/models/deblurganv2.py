@@ -13,7 +13,7 @@ buffers, while `"running"` (default) is ordinary PyTorch behaviour (running stat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -141,15 +141,7 @@ class FPN(nn.Module):
         self.enc2 = nn.Sequential(*self.features[4:7])
         self.enc3 = nn.Sequential(*self.features[7:11])
         self.enc4 = nn.Sequential(*self.features[11:16])
-        self.td1 = _td(num_filters, norm_layer)
-        self.td2 = _td(num_filters, norm_layer)
-        self.td3 = _td(num_filters, norm_layer)
-        lat = [int(c * width_mult) for c in (160, 64, 32, 24, 16)]
-        self.lateral4 = nn.Conv2d(lat[0], num_filters, kernel_size=1, bias=False)
-        self.lateral3 = nn.Conv2d(lat[1], num_filters, kernel_size=1, bias=False)
-        self.lateral2 = nn.Conv2d(lat[2], num_filters, kernel_size=1, bias=False)
-        self.lateral1 = nn.Conv2d(lat[3], num_filters, kernel_size=1, bias=False)
-        self.lateral0 = nn.Conv2d(lat[4], num_filters // 2, kernel_size=1, bias=False)
+        _add_pyramid_layers(self, num_filters, norm_layer, [int(c * width_mult) for c in (16, 24, 32, 64, 160)])
 
     def unfreeze(self) -> None:
         """Make the backbone trainable (the official trainer freezes it for the first epochs)."""
@@ -157,14 +149,27 @@ class FPN(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Return (lateral0 at 1/2, map1 at 1/4, map2 at 1/8, map3 at 1/16, map4 at 1/32)."""
-        enc0 = self.enc0(x)
-        enc1 = self.enc1(enc0)
-        enc2 = self.enc2(enc1)
-        enc3 = self.enc3(enc2)
-        enc4 = self.enc4(enc3)
+        enc0, enc1, enc2, enc3, enc4 = _encode(self, x)
         map1, map2, map3, map4 = _top_down(self, self.lateral1(enc1), self.lateral2(enc2), self.lateral3(enc3),
                                            self.lateral4(enc4))
         return self.lateral0(enc0), map1, map2, map3, map4
+
+
+def _add_pyramid_layers(fpn: nn.Module, num_filters: int, norm_layer: str, channels: Sequence[int]) -> None:
+    """Register the official `td1..td3` blocks and 1x1 `lateral4..lateral0` convs (encoder widths enc0..enc4)."""
+    for i in (1, 2, 3):
+        setattr(fpn, f"td{i}", _td(num_filters, norm_layer))
+    for i in (4, 3, 2, 1):
+        setattr(fpn, f"lateral{i}", nn.Conv2d(channels[i], num_filters, kernel_size=1, bias=False))
+    fpn.lateral0 = nn.Conv2d(channels[0], num_filters // 2, kernel_size=1, bias=False)
+
+
+def _encode(fpn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backbone's five stages `enc0..enc4`, each fed the previous one's output."""
+    feats = [fpn.enc0(x)]
+    for i in (1, 2, 3, 4):
+        feats.append(getattr(fpn, f"enc{i}")(feats[-1]))
+    return tuple(feats)  # type: ignore[return-value]
 
 
 def _top_down(fpn: nn.Module, lat1: Tensor, lat2: Tensor, lat3: Tensor, lat4: Tensor
@@ -194,16 +199,8 @@ class InceptionFPN(nn.Module):
         self.enc2 = nn.Sequential(inc.conv2d_3b, inc.conv2d_4a, inc.maxpool_5a)
         self.enc3 = nn.Sequential(inc.mixed_5b, inc.repeat, inc.mixed_6a)
         self.enc4 = nn.Sequential(inc.repeat_1, inc.mixed_7a)
-        self.td1 = _td(num_filters, norm_layer)
-        self.td2 = _td(num_filters, norm_layer)
-        self.td3 = _td(num_filters, norm_layer)
         self.pad = nn.ReflectionPad2d(1)
-        c0, c1, c2, c3, c4 = inc.stage_channels
-        self.lateral4 = nn.Conv2d(c4, num_filters, kernel_size=1, bias=False)
-        self.lateral3 = nn.Conv2d(c3, num_filters, kernel_size=1, bias=False)
-        self.lateral2 = nn.Conv2d(c2, num_filters, kernel_size=1, bias=False)
-        self.lateral1 = nn.Conv2d(c1, num_filters, kernel_size=1, bias=False)
-        self.lateral0 = nn.Conv2d(c0, num_filters // 2, kernel_size=1, bias=False)
+        _add_pyramid_layers(self, num_filters, norm_layer, inc.stage_channels)
 
     def unfreeze(self) -> None:
         """Make the backbone trainable (the official FPN freezes it at construction)."""
@@ -211,11 +208,7 @@ class InceptionFPN(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Return (lateral0 at 1/2, map1 at 1/4, map2 at 1/8, map3 at 1/16, map4 at 1/32)."""
-        enc0 = self.enc0(x)
-        enc1 = self.enc1(enc0)
-        enc2 = self.enc2(enc1)
-        enc3 = self.enc3(enc2)
-        enc4 = self.enc4(enc3)
+        enc0, enc1, enc2, enc3, enc4 = _encode(self, x)
         map1, map2, map3, map4 = _top_down(
             self, self.pad(self.lateral1(enc1)), F.pad(self.lateral2(enc2), (1, 2, 1, 2), mode="reflect"),
             self.pad(self.lateral3(enc3)), self.pad(self.lateral4(enc4)))
