@@ -61,7 +61,7 @@ def _model_spec(text: str) -> Any:
               help="Autocast the model's forward (bf16: ~2x on GPUs and AVX512-BF16/AMX CPUs; loss/update in fp32).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format (convolutional nets).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model's forward (inductor).")
-@click.option("--checkpoint", is_flag=True, help="Activation checkpointing: less memory on large images, ~1.3x time.")
+@click.option("--checkpoint", is_flag=True, help="Activation checkpointing: less memory on large images, one extra forward per step.")
 def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | None, alpha: str | None,
            lr: float | None, steps: int | None, input_dir: str, out_dir: str, sigma: float | None,
            kernel_spec: str | None, seed: int, data_root: str | None, amp: str, channels_last: bool,
