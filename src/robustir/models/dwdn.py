@@ -117,7 +117,7 @@ def wiener_deconv_features(features: Tensor, kernel: Tensor) -> Tensor:
     return out[..., kh:-kh, kw:-kw]
 
 
-def _dwdn_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tensor | None) -> Tensor:
+def _dwdn_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tensor | None) -> list[Tensor]:
     """Uniform call -> official `(x, kernel)`: reflect-pad to a multiple of 8 (the network cannot pad itself)."""
     k = batch_kernels(kernel, y, "DWDN")
     sums = k.sum((2, 3))
@@ -127,7 +127,9 @@ def _dwdn_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tenso
     ph, pw = (-h) % 8, (-w) % 8
     mode = "reflect" if ph < h and pw < w else "replicate"
     x = F.pad(y, (0, pw, 0, ph), mode=mode) if ph or pw else y
-    return net(x, k)[-1]
+    out = net(x, k)
+    # both scales go back (the restorer selects the full one; training may supervise both), each without our padding
+    return [o[..., : -(-h // (x.shape[-2] // o.shape[-2])), : -(-w // (x.shape[-1] // o.shape[-1]))] for o in out]
 
 
 @register_model("DWDN", task="deblur",

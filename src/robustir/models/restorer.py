@@ -64,8 +64,15 @@ class Restorer(nn.Module):
         """Whether the network needs the blur kernel."""
         return self.call.needs_kernel
 
-    def forward(self, y: Tensor, *, sigma: float | Tensor | None = None, kernel: Tensor | None = None) -> Tensor:
-        """Restore a `(N, C, H, W)` batch in [0,1]."""
+    def forward(self, y: Tensor, *, sigma: float | Tensor | None = None, kernel: Tensor | None = None,
+                all_outputs: bool = False) -> Tensor | list[Tensor]:
+        """Restore a `(N, C, H, W)` batch in [0,1]; `all_outputs=True` returns every output of a multi-output network.
+
+        With `all_outputs`, the list keeps the network's own order (MPRNet's stages last-first, DWDN's scales
+        coarse-first, RGDN's unrolled steps) and each entry is cropped back; a reduced-scale output is cropped by the
+        same fraction, so it matches the input downsampled by its factor. Training losses on every output (deep
+        supervision, as the official MPRNet, DWDN and RGDN recipes do) use it.
+        """
         if not isinstance(y, Tensor) or y.ndim != 4:
             shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise RobustirError(f"{self.name}: input must be an (N, C, H, W) tensor, got {shape}")
@@ -85,12 +92,25 @@ class Restorer(nn.Module):
             out = self.call.adapter(self.net, xp, s, kernel) if self.call.adapter else self.net(xp)
         except RuntimeError as exc:
             raise RobustirError(f"{self.name}: forward failed on input of shape {tuple(y.shape)}: {exc}") from exc
+        if all_outputs:
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            return [self._crop_scaled(o, xp.shape[-2:], (h, w), y) for o in outs]
         if isinstance(out, (list, tuple)):
             out = out[self.call.select if self.call.select is not None else -1]
         out = out[..., :h, :w]
         if out.shape[0] != y.shape[0] or out.shape[-2:] != y.shape[-2:]:
             raise RobustirError(f"{self.name}: output shape {tuple(out.shape)} does not match input {tuple(y.shape)}")
         return out
+
+    def _crop_scaled(self, out: Tensor, padded: tuple[int, int], size: tuple[int, int], y: Tensor) -> Tensor:
+        """Crop one output (possibly at a reduced scale of the padded input) back to the unpadded region."""
+        ph, pw = padded
+        oh, ow = out.shape[-2:]
+        f = max(1, round(ph / oh))  # a scale-f output of an odd size holds ceil(size / f) pixels
+        if out.shape[0] != y.shape[0] or -(-ph // f) != oh or -(-pw // f) != ow:
+            raise RobustirError(f"{self.name}: output shape {tuple(out.shape)} is not the input {tuple(y.shape)} "
+                                f"at an integer scale")
+        return out[..., : -(-size[0] // f), : -(-size[1] // f)]
 
 
 def restorer(spec_or_net: Mapping[str, Any] | str | nn.Module, *, weights: Any = None,

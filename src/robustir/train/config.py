@@ -68,11 +68,18 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Pixel loss: type L1 | L2 | PSNR | Charbonnier, a weight, and Charbonnier's eps."""
+    """Pixel loss: type L1 | L2 | PSNR | Charbonnier, a weight, and Charbonnier's eps.
+
+    `outputs: all` supervises every output of a multi-output network (MPRNet's stages, DWDN's two scales, RGDN's
+    unrolled steps, as their official recipes do), each against the target at its scale, weighted by
+    `output_weights` (in the network's output order; default 1 each); `final` scores the restorer's output only.
+    """
 
     type: str = "L1"
     weight: float = 1.0
     eps: float = 1e-3
+    outputs: str = "final"
+    output_weights: list[float] | None = None
 
 
 @dataclass
@@ -117,7 +124,9 @@ class RunConfig:
         steps: total optimisation steps. seed: everything random derives from (seed, step, sample).
         out: output folder (checkpoint, model weights, config copy, log).
         grad_clip: max gradient norm (0 = off). ema: EMA decay (0 = off; BasicSR uses 0.999).
-        ckpt_every / log_every: in steps. amp: auto | off | bf16 | fp16 (CUDA only). channels_last: auto | on | off.
+        ckpt_every / log_every: in steps. channels_last: auto | on | off.
+        amp: auto | off | bf16 | fp16. auto: bf16 (else fp16) on CUDA, off on CPU; bf16 on CPU pays only where the
+            CPU has native bf16 kernels (AVX512-BF16/AMX; a warning says when it is emulated).
         device: auto | cpu | cuda.
     """
 
@@ -169,6 +178,7 @@ class TrainConfig:
 
 _CHOICES = {
     "loss.type": ("L1", "L2", "PSNR", "Charbonnier"),
+    "loss.outputs": ("final", "all"),
     "optim.type": ("Adam", "AdamW"),
     "schedule.type": ("constant", "cosine", "multistep"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
@@ -287,6 +297,15 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise RobustirError(f"train.ema: expected a decay in [0, 1), got {cfg.train.ema}")
     if cfg.train.ckpt_every < 1 or cfg.train.log_every < 1:
         raise RobustirError("train.ckpt_every and train.log_every must be positive")
+    if cfg.loss.output_weights is not None:
+        if cfg.loss.outputs != "all":
+            raise RobustirError("loss.output_weights: only with loss.outputs: all")
+        if not cfg.loss.output_weights or any(w < 0 for w in cfg.loss.output_weights) \
+                or not any(w > 0 for w in cfg.loss.output_weights):
+            raise RobustirError(f"loss.output_weights: expected non-negative weights, not all zero, got "
+                                f"{cfg.loss.output_weights}")
+    if cfg.train.amp == "fp16" and cfg.train.device == "cpu":
+        raise RobustirError("train.amp: fp16 needs CUDA (its loss scaling is CUDA-only); use bf16 on CPU")
     if cfg.optim.lr <= 0 or len(cfg.optim.betas) != 2:
         raise RobustirError(f"optim: expected lr > 0 and two betas, got lr={cfg.optim.lr}, betas={cfg.optim.betas}")
     sc = cfg.schedule

@@ -14,8 +14,10 @@ loadable with `robustir.models.load_weights`), `model.json` (spec, steps, valida
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from robustir.train.checkpoint import load_checkpoint, restore_rng, save_checkpo
 from robustir.train.config import TrainConfig, config_to_dict, dump_config
 from robustir.train.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown, wrap_model
 from robustir.train.ema import ModelEMA
-from robustir.train.losses import build_loss
+from robustir.train.losses import build_loss, multi_output_loss
 from robustir.train.sampling import (FileSource, ImageSource, MemorySource, PatchSampler, StepBatches, load_images,
                                      stage_at)
 from robustir.train.schedule import lr_at
@@ -139,10 +141,20 @@ def evaluate(model: nn.Module, images: Sequence[Tensor], prep: BatchPrep, *, see
 
 
 def _amp_context(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
-    """Autocast context factory and grad scaler: mixed precision only on CUDA (bf16 when supported, else fp16)."""
+    """Autocast context factory and grad scaler: CUDA bf16 (else fp16) under auto; CPU bf16 only when asked."""
     mode = cfg.train.amp
-    if device.type != "cuda" or mode == "off":
+    if mode == "off" or (device.type != "cuda" and mode == "auto"):
         return contextlib.nullcontext, None
+    if device.type != "cuda":
+        if mode == "fp16":
+            raise RobustirError(f"train.amp: fp16 needs CUDA (its loss scaling is CUDA-only); on {device.type} use "
+                                f"bf16 or off")
+        from robustir.attacks.speed import bf16_native
+
+        if not bf16_native(device):
+            warnings.warn(f"train.amp: bf16 on this {device.type} is emulated (no native bf16 kernels) and will "
+                          f"train slower than float32", RuntimeWarning, stacklevel=3)
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
     use_bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
     dtype = torch.bfloat16 if use_bf16 else torch.float16
     scaler = None if use_bf16 else torch.amp.GradScaler("cuda")
@@ -154,14 +166,27 @@ def _use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
 
 
+def _section_defaults() -> dict[str, dict[str, Any]]:
+    """Default values of every config section (a key added after a checkpoint was written resumes at its default)."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            if dataclasses.is_dataclass(value):
+                out[f.name] = dataclasses.asdict(value)
+    return out
+
+
 def _check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint made with a different model/data/recipe."""
     diffs = []
+    defaults = _section_defaults()
     for section, values in current.items():
         if (section,) in _RESUME_MUTABLE:
             continue
         old = saved.get(section)
         if isinstance(values, dict) and isinstance(old, dict):
+            old = {**defaults.get(section, {}), **old}
             for key, value in values.items():
                 if (section, key) not in _RESUME_MUTABLE and old.get(key) != value:
                     diffs.append(f"{section}.{key}: {old.get(key)!r} -> {value!r}")
@@ -224,6 +249,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     optimizer = _make_optimizer(cfg, model.parameters())
     ema = ModelEMA(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = build_loss(cfg.loss.type, weight=cfg.loss.weight, eps=cfg.loss.eps)
+    supervise_all = cfg.loss.outputs == "all"
     prep = build_batch_prep(cfg.batch)
     val_prep = build_batch_prep(cfg.val.prep if cfg.val.prep is not None else cfg.batch, for_eval=True,
                                 where="val.prep")
@@ -303,8 +329,12 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         model.train()
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            pred = ddp_model(inputs, sigma=batch.sigma, kernel=batch.kernel)
-        per_sample = loss_fn(pred.float(), targets.float())
+            pred = ddp_model(inputs, sigma=batch.sigma, kernel=batch.kernel, all_outputs=supervise_all)
+        if supervise_all:
+            per_sample = multi_output_loss(loss_fn, pred, targets, cfg.loss.output_weights)
+            pred = pred[model.call.select if model.call.select is not None else -1]
+        else:
+            per_sample = loss_fn(pred.float(), targets.float())
         loss = per_sample.mean()
         if not bool(torch.isfinite(loss)):
             raise RobustirError(f"training diverged at step {step}: loss is {float(loss)} (lower optim.lr, set "

@@ -7,9 +7,10 @@ and mixed batches weight samples without re-implementing the loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from robustir.checks import check_same_shape
@@ -60,3 +61,39 @@ def build_loss(kind: str, *, weight: float = 1.0, eps: float = 1e-3) -> PerSampl
     if weight == 1.0:
         return fn
     return lambda p, t: weight * fn(p, t)
+
+
+def multi_output_loss(loss: PerSampleLoss, outputs: Sequence[Tensor], target: Tensor,
+                      weights: Sequence[float] | None = None) -> Tensor:
+    """Weighted sum over a network's outputs of `loss(output, target at that output's scale)`, per sample (N,).
+
+    A reduced-scale output (DWDN's half scale) is scored against the target area-downsampled to its size, as the
+    official multi-scale losses do; `weights` default to 1 per output.
+    """
+    if not outputs:
+        raise RobustirError("multi_output_loss: the network returned no outputs")
+    if weights is None:
+        weights = [1.0] * len(outputs)
+    if len(weights) != len(outputs):
+        raise RobustirError(f"loss.output_weights: {len(weights)} weights for a network with {len(outputs)} outputs")
+    total = None
+    for w, out in zip(weights, outputs):
+        if w == 0:
+            continue
+        t = target if out.shape[-2:] == target.shape[-2:] else _downscale(target, out.shape[-2:])
+        term = w * loss(out.float(), t.float())
+        total = term if total is None else total + term
+    assert total is not None  # the config check rejects all-zero weights
+    return total
+
+
+def _downscale(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """The target at a reduced output size: area averaging over the (edge-replicated) integer-factor cells."""
+    h, w = target.shape[-2:]
+    f = max(1, round(h / size[0]))
+    ph, pw = size[0] * f - h, size[1] * f - w
+    if ph < 0 or pw < 0 or ph >= f or pw >= f:
+        raise RobustirError(f"an output of size {tuple(size)} is not the {tuple(target.shape[-2:])} target at an "
+                            f"integer scale")
+    padded = F.pad(target, (0, pw, 0, ph), mode="replicate") if ph or pw else target
+    return F.avg_pool2d(padded, f)
