@@ -4,7 +4,7 @@ Models: Restormer (motion-deblurring release configuration) and NAFNet width-32 
 pooling). Each (model, checkpointing) pair runs in a fresh subprocess so that peak memory is its own: on CPU the
 peak resident set size (`ru_maxrss`) minus the size after building the model; on CUDA `max_memory_allocated`.
 The attack is PGD with MSE against the reference, eps 8/255, alpha 0.01, random start (METHODS.md section 2.2),
-through `robustir.attacks.Attack` when it is importable, else an equivalent sign-step loop. Weights are random
+through `robustir.attacks.Attack`. Weights are random
 (timing and memory do not depend on their values); parameters are frozen as in an attack.
 
 Examples:
@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_MODELS = ("restormer-gopro", "nafnet-gopro-w32-local")
@@ -36,29 +35,15 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _sign_pgd(model: Any, x: Tensor, ref: Tensor, *, eps: float, alpha: float, steps: int,
-              generator: torch.Generator) -> Tensor:
-    """Plain L-inf PGD (random start, sign step, projection, clip) used when robustir.attacks is unavailable."""
-    adv = (x + torch.empty_like(x).uniform_(-eps, eps, generator=generator)).clamp(0, 1)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.mse_loss(model(adv), ref)
-        (grad,) = torch.autograd.grad(loss, adv)
-        adv = (x + (adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
-    return adv
-
-
 def _attack(model: Any, x: Tensor, *, steps: int) -> tuple[Tensor, str]:
     """Run the attack; return the adversarial input and which implementation ran."""
+    from robustir.attacks.engine import Attack
+    from robustir.attacks.objectives import MSE
+    from robustir.attacks.threat import LinfBall
+    from robustir.attacks.updates import SignStep
+
     eps, alpha = 8 / 255, 0.01
     generator = torch.Generator(device=x.device).manual_seed(0)
-    try:
-        from robustir.attacks.engine import Attack
-        from robustir.attacks.objectives import MSE
-        from robustir.attacks.threat import LinfBall
-        from robustir.attacks.updates import SignStep
-    except ImportError:
-        return _sign_pgd(model, x, x, eps=eps, alpha=alpha, steps=steps, generator=generator), "sign-step loop"
     attack = Attack(LinfBall(eps), MSE(), SignStep(alpha), steps, True, generator, track_best=False)
     return attack(model, x, ref=x).x_adv, "robustir.attacks.Attack"
 
