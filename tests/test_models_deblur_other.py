@@ -239,6 +239,45 @@ def test_rgdn_step_count_is_a_call_parameter() -> None:
         assert len(early(y, k, k.flip(-2, -1))) == 1  # any change is below a relative tolerance of 10
 
 
+@pytest.mark.parametrize("boundary", ["circular", "replicate", "reflect"])
+def test_rgdn_boundary_pads_by_the_kernel_radius_and_crops(boundary: str) -> None:
+    net = build(SMALL["RGDN"]).eval()
+    padded = build({**SMALL["RGDN"], "boundary": boundary}).eval()
+    padded.load_state_dict(net.state_dict())  # the option adds no parameters
+    y = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(4))
+    k = _kernel((7, 5), 11)[None, None].expand(2, 1, 7, 5)
+    kt = k.flip(-2, -1)
+    with torch.no_grad():
+        got = padded(y, k, kt)
+        ref = net(F.pad(y, (4, 4, 6, 6), mode=boundary), k, kt)
+    assert len(got) == 2
+    for g, r in zip(got, ref):
+        assert g.shape == y.shape
+        torch.testing.assert_close(g, r[..., 6:-6, 4:-4], rtol=0, atol=0)
+    with pytest.raises(RobustirError, match="boundary must be one of zeros, circular, replicate, reflect"):
+        build({**SMALL["RGDN"], "boundary": "wrap"})
+    with pytest.raises(RobustirError, match="reflect padding by twice the kernel radius"):
+        build({**SMALL["RGDN"], "boundary": "reflect"})(torch.rand(1, 3, 5, 9), k[:1], kt[:1])
+
+
+def test_rgdn_circular_boundary_makes_the_data_term_exact_on_circular_blur() -> None:
+    # why the option exists: padded circularly by two kernel radii, the true image zeroes the data term over the whole
+    # frame of a circularly blurred image (one radius is not enough); the official zero padding leaves a residual
+    # along the frame border
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    k = _kernel((9, 9), 12)
+    y = Blur(k, boundary="circular")(x)
+    kk = k[None, None]
+    zero = grad_data_fitting(x, y, kk.flip(-2, -1), kk)
+    def padded(pad: int) -> torch.Tensor:
+        return grad_data_fitting(F.pad(x, (pad,) * 4, mode="circular"), F.pad(y, (pad,) * 4, mode="circular"),
+                                 kk.flip(-2, -1), kk)[..., pad:-pad, pad:-pad]
+
+    assert float(padded(8).abs().max()) < 1e-6
+    assert float(padded(4)[..., :4, :].abs().mean()) > 1e-3
+    assert float(zero[..., :4, :].abs().mean()) > 1e-3 and float(zero[..., 8:-8, 8:-8].abs().max()) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("kind", ["DWDN", "RGDN"])
 def test_missing_or_oversized_kernel_is_a_clear_error(kind: str) -> None:

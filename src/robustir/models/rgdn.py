@@ -5,6 +5,14 @@ same parameter names, `forward(y, k, kt)` returning the estimate after every unr
 `x <- 0.8 x + 0.2 D(H(A^T(Ax - y)) - R(x))` with three shared ConvBlocks H (`GradAdj`), R (`CNNOptimizer`) and
 D (`GradScaler`); `A x = F.conv2d(x, k)` with zero padding (a cross-correlation with `k`) and `A^T r = F.conv2d(r, kt)`.
 
+robustir extension: `boundary` pads y by twice the kernel radius before the unrolled descent and crops every step
+back, so that on an image blurred with that boundary the data term is exact over the whole frame.
+The official data term zero-pads (`boundary="zeros"`, the default, exactly the official network), which models a
+black world outside the frame. Measured with plain gradient steps `x -= A^T(Ax - y)` on two circularly blurred
+held-out crops (CBSD68 x Levin, 128²): 10 / 50 steps reach 25.2 / 25.3 dB inside a 20-px border but only 20.6 / 18.5 dB
+over the whole frame; padding y circularly by 32 px gives 24.6 / 26.5 dB over the whole frame (replicate: 23.7 /
+24.4, the usual choice for real photos). Use the boundary the blur had.
+
 The number of unrolled steps is a constructor argument and can be overridden per call (`forward(..., num_steps=50)`,
 or set `net.num_steps`); paper 001 crafts attacks on 10 steps and evaluates on 50. Unlike the official code, the
 kernel is not detached, so gradients also reach `k` and `kt` (forward values are unchanged).
@@ -21,6 +29,9 @@ from torch import Tensor, nn
 from robustir.errors import RobustirError
 from robustir.models.deblur_kernels import batch_kernels, odd_square
 from robustir.models.registry import CallConvention, register_model, register_preset
+
+
+BOUNDARIES = ("zeros", "circular", "replicate", "reflect")
 
 
 class ConvBlock(nn.Module):
@@ -76,6 +87,8 @@ class RGDN(nn.Module):
             below it ('inf' or math.inf: never, the official default). The official stopping rule is not in the
             stored snapshot; this is robustir's rule.
         n_feature_2: ConvBlock width (hard-coded 64 in the official code).
+        boundary: robustir extension, how y is extended by twice the kernel radius before the descent: 'zeros' (no padding,
+            the official behaviour), 'circular', 'replicate' or 'reflect'; the outputs are cropped back.
 
     `forward(y, k, kt, num_steps=None)`: y `(N, 3, H, W)`, k and kt `(N, 1, ks, ks)` odd; returns a list with the
     estimate after each step (the last is the result).
@@ -83,8 +96,11 @@ class RGDN(nn.Module):
 
     def __init__(self, *, num_steps: int = 40, use_grad_adj: bool = True, use_grad_scaler: bool = True,
                  use_reg: bool = True, share_parameter: bool = True, stop_epsilon: float | str = math.inf,
-                 n_feature_2: int = 64) -> None:
+                 n_feature_2: int = 64, boundary: str = "zeros") -> None:
         super().__init__()
+        if boundary not in BOUNDARIES:
+            raise RobustirError(f"RGDN: boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
+        self.boundary = boundary
         if not share_parameter:
             raise RobustirError("RGDN: share_parameter=False is not supported (the official code builds no "
                                 "unshared variant)")
@@ -116,6 +132,13 @@ class RGDN(nn.Module):
                 raise RobustirError(f"RGDN: {name} must be (N, 1, kh, kw) with N={y.shape[0]}, got {tuple(t.shape)}")
             if t.shape[-2] % 2 == 0 or t.shape[-1] % 2 == 0:
                 raise RobustirError(f"RGDN: {name} must have odd sizes, got {tuple(t.shape)}")
+        # two radii: the residual is exact from one radius inside the padded frame, its adjoint from two
+        ph, pw = (k.shape[-2] - 1, k.shape[-1] - 1) if self.boundary != "zeros" else (0, 0)
+        if ph or pw:
+            if self.boundary == "reflect" and (ph >= y.shape[-2] or pw >= y.shape[-1]):
+                raise RobustirError(f"RGDN: reflect padding by twice the kernel radius ({ph}, {pw}) needs an image larger "
+                                    f"than that, got {tuple(y.shape[-2:])}")
+            y = F.pad(y, (pw, pw, ph, ph), mode=self.boundary)
         x = y
         outputs: list[Tensor] = []
         for _ in range(steps):
@@ -125,13 +148,14 @@ class RGDN(nn.Module):
                 direction = direction - self.CNNOptimizer(x)
             step = self.GradScaler(direction) if self.use_grad_scaler else direction
             x_new = self.momen * x + (1 - self.momen) * step
-            outputs.append(x_new)
+            outputs.append(x_new[..., ph:x_new.shape[-2] - ph, pw:x_new.shape[-1] - pw] if ph or pw else x_new)
             if math.isfinite(self.stop_epsilon):
                 change = float(torch.linalg.vector_norm(x_new - x) / torch.linalg.vector_norm(x).clamp_min(1e-12))
                 if change < self.stop_epsilon:
                     break
             x = x_new
         return outputs
+
 
 
 def _check_steps(num_steps: object) -> int:
