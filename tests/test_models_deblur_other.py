@@ -304,6 +304,10 @@ def test_bad_constructor_arguments_are_clear_errors() -> None:
         build({"type": "FPNMobileNet", "pretrained": True})
     with pytest.raises(RobustirError, match="norm_layer"):
         build({"type": "FPNMobileNet", "norm_layer": "group", "width_mult": 0.25})
+    with pytest.raises(RobustirError, match="num_filters_fpn must be twice num_filters"):
+        build({"type": "FPNMobileNet", "num_filters": 32, "num_filters_fpn": 32, "width_mult": 0.25})
+    with pytest.raises(RobustirError, match="num_filters_fpn must be twice num_filters"):
+        build({"type": "FPNMobileNet", "num_filters": 9, "num_filters_fpn": 18, "width_mult": 0.25})
     with pytest.raises(RobustirError, match="share_parameter"):
         build({"type": "RGDN", "share_parameter": False})
     with pytest.raises(RobustirError, match="num_steps"):

@@ -242,6 +242,11 @@ class _FPNGenerator(nn.Module):
         if output_ch != 3:
             raise RobustirError(f"{name}: output_ch must be 3 (the output is added to the RGB input), got {output_ch}")
         _norm(norm_layer, 1)  # fail on a bad norm name before building a large backbone
+        if num_filters_fpn != 2 * num_filters or num_filters % 2:
+            # the official forward adds the fpn's lateral0 map (num_filters_fpn // 2 channels) to the smoothed heads
+            # (num_filters channels), then halves them in smooth2
+            raise RobustirError(f"{name}: num_filters_fpn must be twice num_filters, and num_filters even (the "
+                                f"official defaults are 128 and 64), got {num_filters_fpn} and {num_filters}")
         self.fpn = fpn()
         for i in (1, 2, 3, 4):
             setattr(self, f"head{i}", FPNHead(num_in=num_filters_fpn, num_mid=num_filters, num_out=num_filters))
