@@ -87,6 +87,8 @@ def test_multi_output_loss_matches_hand_sum_and_bilinear_half_scale() -> None:
     odd_half = torch.zeros(1, 3, 3, 4)
     ref = F.avg_pool2d(F.pad(odd_t, (0, 1, 0, 1), mode="replicate"), 2)
     torch.testing.assert_close(multi_output_loss(l1_loss, [odd_half], odd_t), ref.abs().flatten(1).mean(1))
+    with pytest.raises(RobustirError, match="every weight is zero"):
+        multi_output_loss(l1_loss, [full], target, [0.0])
     with pytest.raises(RobustirError, match="2 weights for a network with 1 outputs"):
         multi_output_loss(l1_loss, [full], target, [1.0, 1.0])
     with pytest.raises(RobustirError, match="not the .* target at an integer scale"):

@@ -71,7 +71,7 @@ class Restorer(nn.Module):
         With `all_outputs`, the list keeps the network's own order (MPRNet's stages last-first, DWDN's scales
         coarse-first, RGDN's unrolled steps) and each entry is cropped back; a reduced-scale output is cropped by the
         same fraction, so it matches the input downsampled by its factor. Training losses on every output (deep
-        supervision, as the official MPRNet, DWDN and RGDN recipes do) use it.
+        supervision, as the official MPRNet and DWDN recipes do) use it; `final(outputs)` picks the restored image.
         """
         if not isinstance(y, Tensor) or y.ndim != 4:
             shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
@@ -96,11 +96,15 @@ class Restorer(nn.Module):
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
             return [self._crop_scaled(o, xp.shape[-2:], (h, w), y) for o in outs]
         if isinstance(out, (list, tuple)):
-            out = out[self.call.select if self.call.select is not None else -1]
+            out = self.final(out)
         out = out[..., :h, :w]
         if out.shape[0] != y.shape[0] or out.shape[-2:] != y.shape[-2:]:
             raise RobustirError(f"{self.name}: output shape {tuple(out.shape)} does not match input {tuple(y.shape)}")
         return out
+
+    def final(self, outputs: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+        """The restored image among a multi-output network's outputs (the convention's `select`, else the last)."""
+        return outputs[self.call.select if self.call.select is not None else -1]
 
     def _crop_scaled(self, out: Tensor, padded: tuple[int, int], size: tuple[int, int], y: Tensor) -> Tensor:
         """Crop one output (possibly at a reduced scale of the padded input) back to the unpadded region."""

@@ -70,8 +70,8 @@ class DataConfig:
 class LossConfig:
     """Pixel loss: type L1 | L2 | PSNR | Charbonnier, a weight, and Charbonnier's eps.
 
-    `outputs: all` supervises every output of a multi-output network (MPRNet's stages, DWDN's two scales, RGDN's
-    unrolled steps, as their official recipes do), each against the target at its scale, weighted by
+    `outputs: all` supervises every output of a multi-output network (MPRNet's stages and DWDN's two scales, as their
+    official recipes do; RGDN's unrolled steps), each against the target at its scale, weighted by
     `output_weights` (in the network's output order; default 1 each); `final` scores the restorer's output only.
     """
 

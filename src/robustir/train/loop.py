@@ -332,7 +332,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
             pred = ddp_model(inputs, sigma=batch.sigma, kernel=batch.kernel, all_outputs=supervise_all)
         if supervise_all:
             per_sample = multi_output_loss(loss_fn, pred, targets, cfg.loss.output_weights)
-            pred = pred[model.call.select if model.call.select is not None else -1]
+            pred = model.final(pred)
         else:
             per_sample = loss_fn(pred.float(), targets.float())
         loss = per_sample.mean()

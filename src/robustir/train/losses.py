@@ -83,7 +83,8 @@ def multi_output_loss(loss: PerSampleLoss, outputs: Sequence[Tensor], target: Te
         t = target if out.shape[-2:] == target.shape[-2:] else _downscale(target, out.shape[-2:])
         term = w * loss(out.float(), t.float())
         total = term if total is None else total + term
-    assert total is not None  # the config check rejects all-zero weights
+    if total is None:
+        raise RobustirError(f"loss.output_weights: every weight is zero ({list(weights)})")
     return total
 
 
