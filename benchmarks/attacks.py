@@ -275,8 +275,9 @@ def main() -> None:
         x, gt = torch.rand(shape), torch.rand(shape)
         rows.append(section_overhead_and_speed(name, model, x, gt, args.steps, args.repeat))
     print("\n## 1-2. overhead = time(PGD k steps) / (k x fwd+bwd); speed vs reference loops (same results)")
+    print("(speed ratios: ours without best tracking, as the references)")
     print("| model | input | k | fwd+bwd (s) | overhead (no best) | overhead (best tracking) | cospgd loop / ours | "
-          "torchattacks loop / ours | identical x_adv |   (speed ratios: ours without best tracking, as the references)")
+          "torchattacks loop / ours | identical x_adv |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {'x'.join(map(str, r['shape']))} | {r['steps']} | {r['fwd_bwd_s']:.3f} | "

@@ -61,7 +61,8 @@ def _model_spec(text: str) -> Any:
               help="Autocast the model's forward (bf16: ~2x on GPUs and AVX512-BF16/AMX CPUs; loss/update in fp32).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format (convolutional nets).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model's forward (inductor).")
-@click.option("--checkpoint", is_flag=True, help="Activation checkpointing: less memory on large images, one extra forward per step.")
+@click.option("--checkpoint", is_flag=True,
+              help="Activation checkpointing: less memory on large images, one extra forward per step.")
 def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | None, alpha: str | None,
            lr: float | None, steps: int | None, input_dir: str, out_dir: str, sigma: float | None,
            kernel_spec: str | None, seed: int, data_root: str | None, amp: str, channels_last: bool,
@@ -136,9 +137,10 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
             clean_out = model(y, **cond).clamp(0, 1)
             adv_out = model(x_adv, **cond).clamp(0, 1)
         stem = path.stem
+        options = json.dumps({k: v for k, v in opts.items() if k != "generator"})
         save_tensors({"x_adv": x_adv[0].contiguous(), "x": y[0].contiguous(), "gt": gt[0].contiguous(),
                       "delta": (x_adv - y)[0].contiguous()}, out / "adversarial" / f"{stem}.safetensors",
-                     metadata={"attack": key, "options": json.dumps({k: v for k, v in opts.items() if k != "generator"}),
+                     metadata={"attack": key, "options": options,
                                "model": model_spec, "sigma": str(sigma), "seed": str(seed)})
         save_image(x_adv[0].clamp(0, 1), out / "previews" / f"{stem}_adv.png")
         save_image(clean_out[0], out / "restored" / f"{stem}_clean.png")

@@ -87,8 +87,8 @@ class RGDN(nn.Module):
             below it ('inf' or math.inf: never, the official default). The official stopping rule is not in the
             stored snapshot; this is robustir's rule.
         n_feature_2: ConvBlock width (hard-coded 64 in the official code).
-        boundary: robustir extension, how y is extended by twice the kernel radius before the descent: 'zeros' (no padding,
-            the official behaviour), 'circular', 'replicate' or 'reflect'; the outputs are cropped back.
+        boundary: robustir extension, how y is extended by twice the kernel radius before the descent: 'zeros'
+            (no padding, the official behaviour), 'circular', 'replicate' or 'reflect'; the outputs are cropped back.
 
     `forward(y, k, kt, num_steps=None)`: y `(N, 3, H, W)`, k and kt `(N, 1, ks, ks)` odd; returns a list with the
     estimate after each step (the last is the result).
@@ -136,8 +136,8 @@ class RGDN(nn.Module):
         ph, pw = (k.shape[-2] - 1, k.shape[-1] - 1) if self.boundary != "zeros" else (0, 0)
         if ph or pw:
             if self.boundary == "reflect" and (ph >= y.shape[-2] or pw >= y.shape[-1]):
-                raise RobustirError(f"RGDN: reflect padding by twice the kernel radius ({ph}, {pw}) needs an image larger "
-                                    f"than that, got {tuple(y.shape[-2:])}")
+                raise RobustirError(f"RGDN: reflect padding by twice the kernel radius ({ph}, {pw}) needs an image "
+                                    f"larger than that, got {tuple(y.shape[-2:])}")
             y = F.pad(y, (pw, pw, ph, ph), mode=self.boundary)
         x = y
         outputs: list[Tensor] = []

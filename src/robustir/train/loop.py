@@ -46,7 +46,7 @@ _RESUME_MUTABLE = {("train", "steps"), ("train", "ckpt_every"), ("train", "log_e
 
 @dataclass
 class TrainingData:
-    """Data for a run: in-memory clean targets (+ aligned inputs for pairs) or a lazy `source`, and validation images."""
+    """Data for a run: in-memory clean targets (+ aligned inputs for pairs) or a lazy `source`, and val images."""
 
     targets: list[Tensor] = field(default_factory=list)
     inputs: list[Tensor] | None = None
