@@ -128,6 +128,9 @@ class RunConfig:
         amp: auto | off | bf16 | fp16. auto: bf16 (else fp16) on CUDA, off on CPU; bf16 on CPU pays only where the
             CPU has native bf16 kernels (AVX512-BF16/AMX; a warning says when it is emulated).
         device: auto | cpu | cuda.
+        init: start from these weights instead of a random initialisation (fine-tuning): a file path, `shipped:NAME`
+            or `data:REL`, anything `robustir.models.load_weights` reads, loaded strictly; ignored on resume, where
+            the run's own checkpoint holds the weights.
     """
 
     steps: int = 1000
@@ -140,6 +143,7 @@ class RunConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     device: str = "auto"
+    init: str | None = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import time
 import warnings
@@ -246,6 +247,9 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     channels_last = _use_channels_last(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    resuming = resume and ckpt_path.exists()
+    # on resume the run's own checkpoint holds the weights; the init file need not exist any more
+    init_info = _init_weights(model, cfg.train.init) if cfg.train.init is not None and not resuming else None
     optimizer = _make_optimizer(cfg, model.parameters())
     ema = ModelEMA(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = build_loss(cfg.loss.type, weight=cfg.loss.weight, eps=cfg.loss.eps)
@@ -257,7 +261,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
 
     start, wall_before, history = 0, 0.0, {}
     cfg_dict = config_to_dict(cfg)
-    if resume and ckpt_path.exists():
+    if resuming:
         ck = load_checkpoint(ckpt_path)
         _check_resume_compatible(ck["state"]["config"], cfg_dict)
         model.net.load_state_dict(ck["params"], strict=True)
@@ -272,6 +276,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         start = int(ck["state"]["step"])
         wall_before = float(ck["state"].get("wall_time_s", 0.0))
         history = ck["state"].get("val", {})
+        init_info = ck["state"].get("init")
 
     if data is None:
         data = load_training_data(cfg, data_root)
@@ -302,6 +307,8 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
             return
         state = {"step": step_done, "config": cfg_dict, "wall_time_s": wall_before + time.perf_counter() - t0,
                  "val": {"last": last_val}, "world_size": di.world_size}
+        if init_info is not None:
+            state["init"] = init_info
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         save_checkpoint(ckpt_path, params=model.net.state_dict(),
@@ -398,9 +405,22 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         save_weights(out / "model.safetensors", final, metadata={"spec": json.dumps(cfg.model), "step": str(total),
                                                                  "weights": "ema" if ema else "params"})
         write_json(out / "model.json", {"spec": cfg.model, "steps": total, "weights": "ema" if ema else "params",
-                                        "val": last_val, "wall_time_s": wall, "config": cfg_dict})
+                                        "val": last_val, "wall_time_s": wall, "config": cfg_dict,
+                                        **({"init": init_info} if init_info is not None else {})})
     barrier(di)
     return TrainResult(out=out, steps=total, val=last_val, wall_time_s=wall, weights=final)
+
+
+def _init_weights(model: nn.Module, ref: str) -> dict[str, str]:
+    """Load the fine-tuning start weights `ref` strictly into `model.net`; return its resolved path and sha256."""
+    from robustir.experiments.execute import resolve_weights
+    from robustir.models import load_weights
+
+    path = resolve_weights(ref)
+    assert path is not None
+    load_weights(model.net, path, strict=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"ref": ref, "path": str(path), "sha256": digest}
 
 
 def lr_curve(cfg: TrainConfig) -> list[float]:
