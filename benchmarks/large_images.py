@@ -48,13 +48,18 @@ def _attack(model: Any, x: Tensor, *, steps: int) -> tuple[Tensor, str]:
     return attack(model, x, ref=x).x_adv, "robustir.attacks.Attack"
 
 
-def worker(model_name: str, checkpointing: bool, *, height: int, width: int, steps: int, device: str) -> dict:
+def worker(model_name: str, checkpointing: bool, *, height: int, width: int, steps: int, device: str,
+           strip_rows: int = 0) -> dict:
     """One measurement in this process: build, attack, report time and peak memory."""
     from robustir.models import build, restorer
 
     torch.manual_seed(0)
     net = build(model_name)
     net.checkpointing = checkpointing
+    if strip_rows:
+        if not hasattr(net, "strip_rows"):
+            raise SystemExit(f"{model_name} has no strip mode (strip_rows)")
+        net.strip_rows = strip_rows
     net.requires_grad_(False)
     net.to(device)
     model = restorer(net)
@@ -69,7 +74,7 @@ def worker(model_name: str, checkpointing: bool, *, height: int, width: int, ste
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    row = {"model": model_name, "checkpointing": checkpointing, "height": height, "width": width, "steps": steps,
+    row = {"model": model_name, "checkpointing": checkpointing, "strip_rows": strip_rows, "height": height, "width": width, "steps": steps,
            "device": device, "threads": torch.get_num_threads(), "attack": impl, "seconds": round(seconds, 2),
            "seconds_per_step": round(seconds / steps, 2),
            "params": sum(p.numel() for p in net.parameters()),
@@ -85,13 +90,15 @@ def worker(model_name: str, checkpointing: bool, *, height: int, width: int, ste
 
 
 def _table(rows: list[dict]) -> str:
-    head = "| model | checkpointing | frame | steps | device | time (s) | s/step | peak (GiB) | attack part (GiB) |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| model | checkpointing | strip rows | frame | steps | device | time (s) | s/step | peak (GiB) | "
+            "attack part (GiB) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
+        strips = r.get("strip_rows") or "-"
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['checkpointing']} | | | | failed: {r['error']} | | | |")
+            lines.append(f"| {r['model']} | {r['checkpointing']} | {strips} | | | | failed: {r['error']} | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['checkpointing']} | {r['width']}x{r['height']} | {r['steps']} | "
+        lines.append(f"| {r['model']} | {r['checkpointing']} | {strips} | {r['width']}x{r['height']} | {r['steps']} | "
                      f"{r['device']} ({r['threads']} threads) | {r['seconds']} | {r['seconds_per_step']} | "
                      f"{r['peak_gib']} | {r['attack_gib']} |")
     return "\n".join(lines)
@@ -106,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--scale", type=float, default=1.0, help="scale both frame sides (e.g. 0.5 -> 640x360)")
     parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--strip-rows", type=int, default=0,
+                        help="Restormer: compute transformer blocks in strips of this many rows (0 = off)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="also write the rows as JSON (atomically)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CKPT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     h, w = int(round(args.height * args.scale)), int(round(args.width * args.scale))
     if args.worker:
-        row = worker(args.worker[0], args.worker[1] == "1", height=h, width=w, steps=args.steps, device=args.device)
+        row = worker(args.worker[0], args.worker[1] == "1", height=h, width=w, steps=args.steps, device=args.device,
+                     strip_rows=args.strip_rows)
         print(json.dumps(row))
         return 0
     flags = {"both": (False, True), "on": (True,), "off": (False,)}[args.checkpointing]
@@ -121,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         for flag in flags:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "1" if flag else "0",
                    "--steps", str(args.steps), "--height", str(args.height), "--width", str(args.width),
-                   "--scale", str(args.scale), "--device", args.device]
+                   "--scale", str(args.scale), "--device", args.device, "--strip-rows", str(args.strip_rows)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-                row = {"model": name, "checkpointing": flag, "error": f"{tail} (exit {proc.returncode})"}
+                row = {"model": name, "checkpointing": flag, "strip_rows": args.strip_rows, "error": f"{tail} (exit {proc.returncode})"}
             else:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)

@@ -105,6 +105,45 @@ def test_checkpointing_gives_identical_gradients() -> None:
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("extra", [{}, {"LayerNorm_type": "BiasFree", "bias": True}], ids=["release", "biasfree-bias"])
+def test_strip_mode_equals_whole_image(extra: dict) -> None:
+    torch.manual_seed(0)
+    net = build({**TINY, "num_blocks": [1, 2, 1, 1], **extra}).double()
+    with torch.no_grad():  # move off the ones/zeros initialisation so every weight and bias matters
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 3, 40, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        xi = x.clone().requires_grad_()
+        net.zero_grad()
+        out = net(xi)
+        (out.square().sum() + out[:, :, 3:17].sum()).backward()
+        return out.detach(), xi.grad, [p.grad.clone() for p in net.parameters()]
+
+    ref_out, ref_gx, ref_gp = run()
+    # 7 rows: strips that do not divide 40 and a last strip of 5; 1 row: every halo case; 25 and 64: level 1 only / off
+    for rows, ckpt in [(7, False), (1, False), (5, True), (25, False), (64, False)]:
+        net.strip_rows, net.checkpointing = rows, ckpt
+        out, gx, gp = run()
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gx, ref_gx, rtol=0, atol=1e-12)
+        for a, b in zip(gp, ref_gp):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), ref_out, rtol=0, atol=1e-12)
+    net.strip_rows, net.checkpointing = 0, False
+
+
+def test_strip_mode_on_the_official_weights(case: tuple[dict, Path]) -> None:
+    meta, folder = case
+    net = build({**meta["robustir_spec"], "strip_rows": 3}).eval()
+    net.load_state_dict(load_file(folder / "weights.safetensors"), strict=True)
+    inputs, outputs = load_file(folder / "input.safetensors"), load_file(folder / "output.safetensors")
+    with torch.no_grad():
+        assert (net(inputs["x"]) - outputs["y"]).abs().max().item() <= meta["atol"]
+
+
 def test_clear_errors() -> None:
     net = build(TINY)
     with pytest.raises(RobustirError, match="multiples of 8"):
@@ -115,3 +154,6 @@ def test_clear_errors() -> None:
         Restormer(dim=6, heads=[4, 2, 2, 4])
     with pytest.raises(RobustirError, match="LayerNorm_type"):
         Restormer(dim=8, LayerNorm_type="Batch")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(RobustirError, match="strip_rows must be a non-negative integer"):
+            Restormer(dim=8, strip_rows=bad)

@@ -109,6 +109,80 @@ class TransformerBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+def _strips(height: int, rows: int) -> list[tuple[int, int]]:
+    """Row ranges `[lo, hi)` of at most `rows` rows covering `height`."""
+    return [(lo, min(lo + rows, height)) for lo in range(0, height, rows)]
+
+
+def _with_halo(x: Tensor, lo: int, hi: int) -> tuple[Tensor, slice]:
+    """Rows `[lo, hi)` of x plus one row either side where there is one (the 3x3 depthwise convs' reach)."""
+    a, b = max(lo - 1, 0), min(hi + 1, x.shape[-2])
+    return x[..., a:b, :], slice(lo - a, lo - a + hi - lo)
+
+
+def _qkv_part(attn: Attention, xn: Tensor, part: int) -> Tensor:
+    """One of q (0), k (1), v (2) of MDTA: the matching rows of the 1x1 and depthwise 3x3 conv weights only."""
+    dim = attn.project_out.out_channels
+    sl = slice(part * dim, (part + 1) * dim)
+    b1 = attn.qkv.bias[sl] if attn.qkv.bias is not None else None
+    b2 = attn.qkv_dwconv.bias[sl] if attn.qkv_dwconv.bias is not None else None
+    t = F.conv2d(xn, attn.qkv.weight[sl], b1)
+    return F.conv2d(t, attn.qkv_dwconv.weight[sl], b2, padding=1, groups=dim)
+
+
+def _qk_stats(block: TransformerBlock, x: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Strip `[lo, hi)`'s share of MDTA's global sums: q k^T per head, and the squared norms of q and k."""
+    xs, core = _with_halo(x, lo, hi)
+    xn = block.norm1(xs)
+    heads = block.attn.num_heads
+    q, k = (rearrange(_qkv_part(block.attn, xn, i)[..., core, :], "b (head c) h w -> b head c (h w)", head=heads)
+            for i in (0, 1))
+    return q @ k.transpose(-2, -1), q.square().sum(-1), k.square().sum(-1)
+
+
+def _attn_strip(block: TransformerBlock, x: Tensor, attn_map: Tensor, lo: int, hi: int) -> Tensor:
+    """Rows `[lo, hi)` of `x + MDTA(LN(x))` given the whole image's attention map."""
+    xs, core = _with_halo(x, lo, hi)
+    heads = block.attn.num_heads
+    v = rearrange(_qkv_part(block.attn, block.norm1(xs), 2)[..., core, :], "b (head c) h w -> b head c (h w)",
+                  head=heads)
+    out = rearrange(attn_map @ v, "b head c (h w) -> b (head c) h w", head=heads, h=hi - lo)
+    return x[..., lo:hi, :] + block.attn.project_out(out)
+
+
+def _ffn_strip(block: TransformerBlock, x: Tensor, lo: int, hi: int) -> Tensor:
+    """Rows `[lo, hi)` of `x + GDFN(LN(x))`."""
+    xs, core = _with_halo(x, lo, hi)
+    return x[..., lo:hi, :] + block.ffn(block.norm2(xs))[..., core, :]
+
+
+def block_in_strips(block: TransformerBlock, x: Tensor, rows: int) -> Tensor:
+    """`block(x)` computed in horizontal strips of `rows` rows, each recomputed in backward when grad is on.
+
+    Equal to `block(x)` up to float rounding: layer norms and 1x1 convs are per pixel, the depthwise 3x3 convs get a
+    one-row halo, and MDTA's attention map, a global reduction over pixels, is assembled from per-strip sums
+    (q k^T and the squared norms that `F.normalize` divides by) before a second pass applies it. Peak memory is
+    then a strip's intermediates instead of a whole image's: the full-frame attack's memory mode.
+    """
+    bounds = _strips(x.shape[-2], rows)
+    if torch.is_grad_enabled():
+        def run(fn, *args):  # noqa: ANN001, ANN202 (local helper)
+            return checkpoint(fn, *args, use_reentrant=False)
+    else:
+        def run(fn, *args):  # noqa: ANN001, ANN202
+            return fn(*args)
+    gram = q2 = k2 = None
+    for lo, hi in bounds:
+        g, a, b = run(_qk_stats, block, x, lo, hi)
+        gram, q2, k2 = (g, a, b) if gram is None else (gram + g, q2 + a, k2 + b)
+    # F.normalize(q, dim=-1) divides by max(||q||, 1e-12); the product of normalised q and k is the Gram matrix
+    # divided by both norms
+    qn, kn = q2.sqrt().clamp_min(1e-12), k2.sqrt().clamp_min(1e-12)
+    attn_map = (gram / (qn[..., :, None] * kn[..., None, :]) * block.attn.temperature).softmax(dim=-1)
+    mid = torch.cat([run(_attn_strip, block, x, attn_map, lo, hi) for lo, hi in bounds], dim=-2)
+    return torch.cat([run(_ffn_strip, block, mid, lo, hi) for lo, hi in bounds], dim=-2)
+
+
 class Resample(nn.Module):
     """Official Downsample / Upsample: a bias-free 3x3 conv then a pixel (un)shuffle, under `body`."""
 
@@ -145,6 +219,11 @@ class Restormer(nn.Module):
     1x1 conv at levels 3 and 2 but not at level 1, so decoder level 1 and refinement run at 2*dim with heads[0].
     Output = conv(refined) + input (or + a skip conv of the embedding for the dual-pixel task). H and W must be
     multiples of 8. `checkpointing=True` recomputes every transformer block in backward (memory for attacks).
+    `strip_rows=R` (robustir extension, numerically equal up to float rounding) computes every transformer block on
+    maps taller than R rows in horizontal strips of R rows (`block_in_strips`), each recomputed in backward: peak
+    memory becomes a strip's intermediates plus the blocks' inputs and outputs, which is what lets a full-frame
+    (720p) attack fit in CPU RAM; with `checkpointing` too, the blocks' outputs are recomputed as well (least memory,
+    one more forward).
     """
 
     padder_size = 8  # spatial multiple the network needs (three 2x levels); read by tiled inference
@@ -153,8 +232,11 @@ class Restormer(nn.Module):
                  num_blocks: Sequence[int] = (4, 6, 6, 8), num_refinement_blocks: int = 4,
                  heads: Sequence[int] = (1, 2, 4, 8), ffn_expansion_factor: float = 2.66, bias: bool = False,
                  LayerNorm_type: str = "WithBias", dual_pixel_task: bool = False,  # noqa: N803 (official name)
-                 checkpointing: bool = False) -> None:
+                 checkpointing: bool = False, strip_rows: int = 0) -> None:
         super().__init__()
+        if isinstance(strip_rows, bool) or not isinstance(strip_rows, int) or strip_rows < 0:
+            raise RobustirError(f"Restormer: strip_rows must be a non-negative integer (0 = off), got {strip_rows!r}")
+        self.strip_rows = strip_rows
         if len(num_blocks) != 4 or len(heads) != 4:
             raise RobustirError(f"Restormer: num_blocks and heads need 4 entries (one per level), got {num_blocks}, "
                                 f"{heads}")
@@ -191,6 +273,14 @@ class Restormer(nn.Module):
         self.output = nn.Conv2d(d2, out_channels, kernel_size=3, padding=1, bias=bias)
 
     def _run(self, seq: nn.Sequential, x: Tensor) -> Tensor:
+        rows = self.strip_rows
+        if rows and x.shape[-2] > rows:
+            for block in seq:
+                if self.checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block_in_strips, block, x, rows, use_reentrant=False)
+                else:
+                    x = block_in_strips(block, x, rows)
+            return x
         if self.checkpointing and torch.is_grad_enabled():
             for block in seq:
                 x = checkpoint(block, x, use_reentrant=False)
