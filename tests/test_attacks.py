@@ -528,3 +528,29 @@ def test_cli_attack_writes_lossless_outputs(tmp_path) -> None:  # noqa: ANN001
     d = load_tensors(fast / "adversarial" / "0.safetensors")["delta"]
     assert 0 < float(d.abs().max()) <= 4 / 255 + 1e-7
     assert main(["attack", "--model", "dncnn-s25", "--amp", "int8", "--input", str(src), "--out", str(fast)]) == 2
+
+
+def test_cli_attack_checks_every_input_before_writing(tmp_path) -> None:  # noqa: ANN001
+    from robustir.cli import main
+    from robustir.data.io import load_tensors, save_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    g = gen(4)
+    save_image(torch.rand(1, 16, 16, generator=g), src / "a_gray.png")
+    rgb = torch.rand(3, 16, 16, generator=g)
+    save_image(rgb, src / "b_rgb.png")
+    base = ["attack", "--model", "dncnn-s25", "--eps", "2/255", "--steps", "1", "--sigma", "25", "--input", str(src)]
+    # mixed gray/RGB folder, an RGB image for a gray model, a corrupt file: clear errors and no output folder
+    assert main([*base, "--out", str(tmp_path / "mixed")]) == 2
+    assert main([*base, "--channels", "3", "--out", str(tmp_path / "rgb")]) == 2
+    (src / "c_bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    assert main([*base, "--channels", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert not any((tmp_path / d).exists() for d in ("mixed", "rgb", "bad"))
+    (src / "c_bad.png").unlink()
+    # --channels 1 converts the RGB image with BT.601 luma before noise and attack
+    out = tmp_path / "ok"
+    assert main([*base, "--channels", "1", "--out", str(out)]) == 0
+    gt = load_tensors(out / "adversarial" / "b_rgb.safetensors")["gt"]
+    luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * (rgb * 255).round() / 255).sum(0, keepdim=True)
+    torch.testing.assert_close(gt, luma.clamp(0, 1), rtol=0, atol=1e-6)

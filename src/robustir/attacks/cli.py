@@ -39,6 +39,37 @@ def _model_spec(text: str) -> Any:
     return t
 
 
+def _check_images(paths: list[Path], channels: int | None) -> None:
+    """Decode every input once; refuse unreadable files and, without --channels, folders mixing gray and RGB."""
+    import warnings
+
+    from robustir.data.io import load_image
+
+    found: dict[int, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the attack loop reads them again and warns there (alpha dropped, ...)
+        for path in paths:
+            found.setdefault(int(load_image(path).shape[0]), path.name)
+    if channels is None and len(found) > 1:
+        raise RobustirError(f"--input mixes gray ({found[1]}) and RGB ({found[3]}) images; pass --channels 1 or 3 "
+                            f"to convert them")
+
+
+def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channels: int | None) -> None:
+    """Run the model once on the first image, so that a channel or size mismatch is reported before any output."""
+    from robustir.degradations import Blur
+
+    if "kernel" in cond:
+        x = Blur(cond["kernel"], boundary="circular")(x).clamp(0, 1)
+    try:
+        with torch.no_grad():
+            model(x, **cond)
+    except RobustirError as exc:
+        hint = "" if channels is not None else f" ({path.name} has {x.shape[1]} channel(s); --channels 1 or 3 " \
+                                                "converts the images)"
+        raise RobustirError(f"{exc}{hint}") from None
+
+
 @click.command()
 @click.option("--model", "model_spec", required=True,
               help="Model preset name (see `robustir info`), JSON spec, or shipped:NAME (a shipped checkpoint).")
@@ -55,6 +86,8 @@ def _model_spec(text: str) -> Any:
                                                          "attack the noisy observation (denoisers).")
 @click.option("--kernel", "kernel_spec", default=None, help="Blur the input with this kernel (FILE, FILE:N, levin:N) "
                                                             "and give it to non-blind models.")
+@click.option("--channels", default=None, type=click.Choice(["1", "3"]),
+              help="Convert every image to gray (1, BT.601 luma) or RGB (3); default: as the files are.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise and the attack.")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Shared data folder (levin:N).")
 @click.option("--amp", default="none", show_default=True, type=click.Choice(["none", "bf16", "fp16"]),
@@ -65,13 +98,15 @@ def _model_spec(text: str) -> Any:
               help="Activation checkpointing: less memory on large images, one extra forward per step.")
 def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | None, alpha: str | None,
            lr: float | None, steps: int | None, input_dir: str, out_dir: str, sigma: float | None,
-           kernel_spec: str | None, seed: int, data_root: str | None, amp: str, channels_last: bool,
+           kernel_spec: str | None, channels: str | None, seed: int, data_root: str | None, amp: str,
+           channels_last: bool,
            compile_: bool, checkpoint: bool) -> None:
     """Attack a model on every image of --input; write adversarial inputs (safetensors), previews, restorations,
     amplified perturbations, metrics.csv, and print a summary table."""
     from tqdm import tqdm
 
     from robustir.attacks.presets import _PRESETS, preset
+    from robustir.data import convert_channels
     from robustir.data.io import load_image, save_image, save_tensors
     from robustir.data.names import list_images
     from robustir.data.pipeline import format_table, write_csv
@@ -80,6 +115,8 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     paths = list_images(input_dir)
     if not paths:
         raise RobustirError(f"--input {input_dir!r}: no images found")
+    n_channels = int(channels) if channels is not None else None
+    _check_images(paths, n_channels)  # every file decodes before anything is written
     model = _model(model_spec, weights)
     key = attack_name.lower().replace("-", "_")
     if key not in _PRESETS:
@@ -119,13 +156,17 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
             raise RobustirError("--kernel: this model is a non-blind deblurrer; give the blur kernel")
         cond["kernel"] = kernel
 
+    def load(path: Path) -> torch.Tensor:
+        return convert_channels(load_image(path), n_channels, str(path)).unsqueeze(0)
+
+    _probe(model, load(paths[0]), cond, paths[0], n_channels)  # a wrong model/image pairing fails before any output
     out = Path(out_dir)
     for sub in ("adversarial", "previews", "restored", "perturbation"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, float | str]] = []
     noise_gen = torch.Generator().manual_seed(seed)
     for path in tqdm(paths, desc=f"{key} on {Path(input_dir).name}", unit="img"):
-        gt = load_image(path).unsqueeze(0)
+        gt = load(path)
         y = gt
         if kernel is not None:
             y = Blur(kernel, boundary="circular")(y).clamp(0, 1)
