@@ -158,3 +158,15 @@ def test_restorer_loads_weights_and_accepts_prefixed_state() -> None:
     again = restorer({"type": "DnCNN", "nc": 8, "nb": 3}, weights=wrapped.state_dict())  # keys 'net.model.N.*'
     y = torch.rand(1, 1, 9, 11)
     assert torch.equal(again(y), wrapped(y))
+
+
+def test_parse_spec_from_the_command_line() -> None:
+    from robustir.models import parse_spec
+
+    assert parse_spec("  dncnn-s25 ") == "dncnn-s25"
+    assert parse_spec(' {"type": "Restormer", "strip_rows": 64}') == {"type": "Restormer", "strip_rows": 64}
+    with pytest.raises(RobustirError, match=r"--model: not valid JSON \(Expecting ',' delimiter at character 14\)"):
+        parse_spec('{"type":"RGDN"')
+    # a JSON array is not a spec (and does not start with "{", so it is taken as a preset name and fails there)
+    with pytest.raises(RobustirError, match="unknown model preset"):
+        build(parse_spec("[1, 2]"))

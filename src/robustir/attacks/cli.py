@@ -16,7 +16,7 @@ from robustir.errors import RobustirError
 
 def _model(text: str, weights: str | None) -> Any:
     """The uniform restorer of `--model`: `shipped:NAME` (a checkpoint shipped with robustir), a preset or a spec."""
-    from robustir.models import restorer
+    from robustir.models import parse_spec, restorer
 
     t = text.strip()
     if t.startswith("shipped:"):
@@ -25,18 +25,7 @@ def _model(text: str, weights: str | None) -> Any:
         from robustir.train.shipped import shipped
 
         return shipped(t[len("shipped:"):])
-    return restorer(_model_spec(t), weights=weights)
-
-
-def _model_spec(text: str) -> Any:
-    """A preset name, or a JSON spec dict (`{"type": "DnCNN", ...}`)."""
-    t = text.strip()
-    if t.startswith("{"):
-        try:
-            return json.loads(t)
-        except json.JSONDecodeError as exc:
-            raise RobustirError(f"--model: not valid JSON ({exc.msg}); give a preset name or a spec dict") from None
-    return t
+    return restorer(parse_spec(t), weights=weights)
 
 
 def _check_images(paths: list[Path], channels: int | None) -> None:

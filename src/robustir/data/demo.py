@@ -123,14 +123,9 @@ def _skimage_tv(case: DemoCase) -> tuple[str, Callable[[Tensor], Tensor]]:
 
 def _model_restorer(spec: str, weights: str | None) -> tuple[str, str, Any]:
     """(label, task, restorer) of a trained model given by preset name or JSON spec."""
-    from robustir.models import get_model_info, resolve_spec, restorer
+    from robustir.models import get_model_info, parse_spec, resolve_spec, restorer
 
-    parsed: Any = spec
-    if spec.lstrip().startswith("{"):
-        try:
-            parsed = json.loads(spec)
-        except json.JSONDecodeError as exc:
-            raise RobustirError(f"--model {spec!r}: not valid JSON ({exc})") from None
+    parsed = parse_spec(spec)
     info, _ = resolve_spec(parsed)
     label = spec if isinstance(parsed, str) else info.name
     return label, get_model_info(info.name).task, restorer(parsed, weights=weights)

@@ -1,7 +1,8 @@
 """Restoration networks: registry, official-equivalent architectures, checkpoint loading, uniform restorer call."""
 
 from robustir.models.registry import (CallConvention, ModelInfo, build, get_model_info, list_models, list_presets,
-                                      register_model, register_preset, resolve_spec)
+                                      parse_spec, register_model, register_preset,
+                                      resolve_spec)
 from robustir.models.restorer import Restorer, pad_to_multiple, restorer, sigma_map, sigma_tensor
 from robustir.models.weights import load_weights
 
@@ -25,5 +26,5 @@ from robustir.models import restormer  # noqa: F401,E402
 from robustir.degradations import classical  # noqa: F401,E402  (Wiener, RichardsonLucy)
 
 __all__ = ["CallConvention", "ModelInfo", "Restorer", "build", "get_model_info", "list_models", "list_presets",
-           "load_weights", "pad_to_multiple", "register_model", "register_preset", "resolve_spec", "restorer",
+           "load_weights", "pad_to_multiple", "parse_spec", "register_model", "register_preset", "resolve_spec", "restorer",
            "sigma_map", "sigma_tensor"]

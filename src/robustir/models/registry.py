@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,18 @@ def list_models() -> list[dict[str, str]]:
 def list_presets() -> dict[str, Preset]:
     """All registered presets by name."""
     return dict(_PRESETS)
+
+
+def parse_spec(text: str, option: str = "--model") -> str | dict[str, Any]:
+    """A command-line model argument -> spec: a JSON object (`{"type": "DnCNN", ...}`) or a preset name as is."""
+    t = text.strip()
+    if not t.startswith("{"):
+        return t
+    try:
+        return json.loads(t)  # starts with "{": an object or an error
+    except json.JSONDecodeError as exc:
+        raise RobustirError(f"{option}: not valid JSON ({exc.msg} at character {exc.pos}); give a preset name or a "
+                            f"spec object such as '{{\"type\": \"DnCNN\"}}'") from None
 
 
 def resolve_spec(spec: Mapping[str, Any] | str) -> tuple[ModelInfo, dict[str, Any]]:

@@ -47,10 +47,10 @@ def deblur_eval_command(model_spec: str | None, weights: str | None, shipped: st
         model, _ = load_shipped(shipped)
         report[shipped] = evaluate_deblur(model, data)
     elif model_spec is not None:
-        from robustir.models import restorer
+        from robustir.models import parse_spec, restorer
 
-        spec = json.loads(model_spec) if model_spec.lstrip().startswith("{") else model_spec
-        report[str(model_spec)] = evaluate_deblur(restorer(spec, weights=weights), data)
+        model = restorer(parse_spec(model_spec), weights=weights)
+        report[str(model_spec)] = evaluate_deblur(model, data)
     if wiener:
         report["wiener"] = wiener_baseline(data)
     click.echo(json.dumps(report, indent=2))
