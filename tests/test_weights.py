@@ -206,3 +206,32 @@ def test_matconvnet_weights_equal_kair_release(data_root: Path) -> None:
     assert len(blind.state_dict()) == 40
     with pytest.raises(RobustirError, match="conv layers"):
         load_weights(build("dncnn-s25"), folder / "matconvnet_dncnn_gray_blind.mat")
+
+
+def test_files_that_are_not_checkpoints(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello world")
+    foreign = tmp_path / "foreign.pkl"  # a protocol-4 pickle that is not torch.save's format
+    foreign.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cases = [(image, r"not a PyTorch checkpoint of tensors .*'Unsupported operand 80'"),
+             (foreign, "not a PyTorch checkpoint of tensors"),
+             # which of the two messages depends on how far torch's reader gets (torch-version specific)
+             (text, r"cannot be read \(truncated or corrupt file\?\)|not a PyTorch checkpoint"),
+             (empty, r"cannot be read \(truncated or corrupt file\?\)|not a PyTorch checkpoint")]
+    for path, message in cases:
+        net = _randomised(TINY)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        with pytest.raises(RobustirError, match=message) as info:
+            load_weights(net, path)
+        assert not isinstance(info.value, UnsafeCheckpointError)  # garbage is not reported as a pickled object
+        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

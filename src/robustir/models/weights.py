@@ -10,7 +10,7 @@ and every key and shape is validated before anything is copied, so a failed load
 from __future__ import annotations
 
 import pickle
-import zipfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,17 +51,34 @@ def read_checkpoint(path: str | Path) -> Any:
 
         return read_matconvnet(p)
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a foreign pickle's protocol warning precedes the clear error below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        text = str(exc).lower()
+        if "unsupported global" in text or "allowed global" in text:
             raise UnsafeCheckpointError(
                 f"checkpoint {str(p)!r} is unsafe: it contains pickled Python objects (for example a whole nn.Module) "
                 f"rather than plain tensors, and robustir never unpickles untrusted files. Re-save it as a state dict "
                 f"(torch.save(model.state_dict(), ...)) or as safetensors in a trusted environment.") from None
-        raise RobustirError(f"checkpoint {str(p)!r} is corrupt or truncated: {exc}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        # anything else the restricted unpickler rejects is not a tensor checkpoint (an image, text, a foreign pickle)
+        raise RobustirError(f"checkpoint {str(p)!r} is not a PyTorch checkpoint of tensors (nor safetensors or .mat): "
+                            f"the safe loader stops at {_unpickler_reason(exc)}; truncated, corrupt or another kind "
+                            f"of file?") from None
+    except Exception as exc:  # noqa: BLE001 (untrusted bytes: every failure becomes one clear error)
+        detail = str(exc).splitlines()[0] if str(exc) else ""
         raise RobustirError(f"checkpoint {str(p)!r} cannot be read (truncated or corrupt file?): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                            f"{type(exc).__name__}{': ' + detail if detail else ''}") from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The restricted unpickler's own one-line reason inside torch's long weights_only message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if line.lower().startswith("unsupported operand"):
+            return repr(line)
+    return repr(lines[-1]) if lines else type(exc).__name__
 
 
 def unwrap_state_dict(obj: Any, *, key: str | None = None, source: str = "checkpoint") -> dict[str, Tensor]:
