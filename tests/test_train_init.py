@@ -97,3 +97,32 @@ def test_init_errors_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(RobustirError, match="no shipped checkpoint"):
         train(config_from_dict(_cfg(tmp_path / "d", init="shipped:nope")), data=data, progress=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_training_stages_follow_the_init_chain(tmp_path: Path) -> None:
+    from robustir.train.shipped import stage_totals, training_stages
+
+    data = TrainingData(targets=_images())
+    train(config_from_dict(_cfg(tmp_path / "a", steps=2)), data=data, progress=False)
+    train(config_from_dict(_cfg(tmp_path / "b", steps=3, init=str(tmp_path / "a" / "model.safetensors"))), data=data,
+          progress=False)
+    train(config_from_dict(_cfg(tmp_path / "c", steps=1, init=str(tmp_path / "b" / "model.safetensors"))), data=data,
+          progress=False)
+    meta = json.loads((tmp_path / "c" / "model.json").read_text())
+    stages = training_stages(tmp_path / "c", meta)
+    assert [(Path(st["run"]).name, st["steps"]) for st in stages] == [("a", 2), ("b", 3), ("c", 1)]
+    assert stages[0]["init"] is None
+    assert stages[2]["init"]["sha256"] == hashlib.sha256((tmp_path / "b" / "model.safetensors").read_bytes()).hexdigest()
+    walls = [json.loads((tmp_path / r / "model.json").read_text())["wall_time_s"] for r in "abc"]
+    steps, wall = stage_totals(stages)
+    assert steps == 6 and wall == pytest.approx(sum(round(w, 1) for w in walls), abs=1e-6)
+    # a start file from outside any run (a shipped checkpoint) ends the chain and is named in the first stage
+    card = shipped_card("dncnn_s25_small")
+    train(config_from_dict(_cfg(tmp_path / "d", model=card["spec"], steps=1, init="shipped:dncnn_s25_small")),
+          data=data, progress=False)
+    d_stages = training_stages(tmp_path / "d", json.loads((tmp_path / "d" / "model.json").read_text()))
+    assert len(d_stages) == 1 and d_stages[0]["init"]["ref"] == "shipped:dncnn_s25_small"
+    # retraining a stage after its weights were used breaks the record: an error, not a wrong card
+    (tmp_path / "b" / "model.safetensors").write_bytes((tmp_path / "a" / "model.safetensors").read_bytes())
+    with pytest.raises(RobustirError, match="changed since training"):
+        training_stages(tmp_path / "c", meta)

@@ -17,7 +17,6 @@ Training data for these checkpoints comes from the trainer's built-in steps (see
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ from torch import Tensor, nn
 
 from robustir.errors import RobustirError
 from robustir.train.batch import derive_seed
-from robustir.train.shipped import CHECKPOINT_DIR, shipped, shipped_card
+from robustir.train.shipped import CHECKPOINT_DIR, shipped, shipped_card, stage_totals, training_stages
+
 NSR_GRID = tuple(10.0 ** (e / 4) for e in range(-20, -3))  # 1e-5 ... 1e-1 in quarter decades
 
 
@@ -244,6 +244,8 @@ def ship_run(run_dir: str | Path, name: str, *, command: str, dest: str | Path |
     spec = meta.get("spec") or config.get("model")
     state = load_file(str(weights_path))
     model = restorer(spec, weights=state)  # strict load: the shipped file must match the spec exactly
+    stages = training_stages(run_dir, meta)  # train.init chain: every stage's steps and wall time count
+    total_steps, total_wall = stage_totals(stages)
     data = data if data is not None else heldout_set(root=root)
     scores = evaluate_deblur(model, data)
     base = wiener if wiener is not None else wiener_baseline(data)
@@ -259,8 +261,9 @@ def ship_run(run_dir: str | Path, name: str, *, command: str, dest: str | Path |
         "degradation": degradation,
         "command": command,
         "seed": config.get("train", {}).get("seed"),
-        "steps": meta.get("steps"),
-        "wall_time_s": round(float(meta.get("wall_time_s", math.nan)), 1),
+        "steps": total_steps,
+        "wall_time_s": total_wall,
+        "stages": stages,
         "weights": meta.get("weights", "params"),
         "metrics": {
             "heldout": data.description,

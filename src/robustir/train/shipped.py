@@ -44,6 +44,44 @@ def shipped_card(name: str, folder: str | Path | None = None) -> dict[str, Any]:
     return cards[name]
 
 
+def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs that produced a finished run, earliest first, following `train.init` back through run folders.
+
+    Each stage: run folder, steps, seed, wall time, and the sha256 of the weights it started from (None: random init).
+    The chain stops at a start file that is not a run's `model.safetensors` (a shipped or published checkpoint), which
+    is then named in the first stage. A start file that changed since it was used is an error: the card would lie.
+    """
+    import hashlib
+
+    stages: list[dict[str, Any]] = []
+    run, current = Path(run_dir), meta
+    while True:
+        init = current.get("init")
+        stages.append({"run": str(run), "steps": current.get("steps"),
+                       "seed": current.get("config", {}).get("train", {}).get("seed"),
+                       "wall_time_s": round(float(current.get("wall_time_s", math.nan)), 1),
+                       "init": None if init is None else {"ref": init["ref"], "sha256": init["sha256"]}})
+        if init is None:
+            break
+        start = Path(init["path"])
+        prev = start.parent / "model.json"
+        if start.name != "model.safetensors" or not prev.is_file():
+            break
+        if not start.is_file() or hashlib.sha256(start.read_bytes()).hexdigest() != init["sha256"]:
+            raise RobustirError(f"{run}: its start weights {start} changed since training (sha256 differs); cannot "
+                                f"describe how it was trained")
+        run, current = start.parent, json.loads(prev.read_text(encoding="utf-8"))
+        if len(stages) > 100:
+            raise RobustirError(f"{run_dir}: train.init chain longer than 100 runs (a cycle?)")
+    return stages[::-1]
+
+
+def stage_totals(stages: list[dict[str, Any]]) -> tuple[int, float]:
+    """Total steps and wall time over a run's training stages."""
+    return (sum(int(st["steps"] or 0) for st in stages),
+            round(sum(float(st["wall_time_s"]) for st in stages), 1))
+
+
 def shipped_path(name: str, folder: str | Path | None = None) -> Path:
     """The weights file of shipped checkpoint `name`."""
     shipped_card(name, folder)
@@ -105,6 +143,8 @@ def ship_denoiser(run_dir: str | Path, name: str, *, command: str, sigma: float 
     spec = meta["spec"]
     state = load_file(str(weights_path))
     model = restorer(spec, weights=state)
+    stages = training_stages(run, meta)
+    total_steps, total_wall = stage_totals(stages)
     channels = int(config["data"]["channels"])
     images = load_images(dataset, channels, root=root)
     scores = _denoise_scores(model, images, sigma, seed)
@@ -138,8 +178,9 @@ def ship_denoiser(run_dir: str | Path, name: str, *, command: str, sigma: float 
         "degradation": json.dumps(config["batch"]),
         "command": command,
         "seed": config["train"]["seed"],
-        "steps": meta["steps"],
-        "wall_time_s": round(float(meta.get("wall_time_s", math.nan)), 1),
+        "steps": total_steps,
+        "wall_time_s": total_wall,
+        "stages": stages,
         "weights": meta.get("weights", "params"),
         "metrics": metrics,
         "notes": notes,
