@@ -85,7 +85,8 @@ def worker(model_name: str, checkpointing: bool, *, height: int, width: int, ste
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    row = {"model": model_name, "checkpointing": checkpointing, "strip_rows": strip_rows, "height": height, "width": width, "steps": steps,
+    row = {"model": model_name, "checkpointing": checkpointing, "strip_rows": strip_rows, "height": height,
+           "width": width, "steps": steps,
            "device": device, "threads": torch.get_num_threads(), "attack": impl, "seconds": round(seconds, 2),
            "seconds_per_step": round(seconds / steps, 2),
            "params": sum(p.numel() for p in net.parameters())}
@@ -149,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         for flag in flags:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "1" if flag else "0",
                    "--steps", str(args.steps), "--height", str(args.height), "--width", str(args.width),
-                   "--scale", str(args.scale), "--device", args.device, "--strip-rows", str(args.strip_rows)] + (["--inference"] if args.inference else [])
+                   "--scale", str(args.scale), "--device", args.device, "--strip-rows", str(args.strip_rows)]
+            if args.inference:
+                cmd.append("--inference")
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-                row = {"model": name, "checkpointing": flag, "strip_rows": args.strip_rows, "error": f"{tail} (exit {proc.returncode})"}
+                row = {"model": name, "checkpointing": flag, "strip_rows": args.strip_rows,
+                       "error": f"{tail} (exit {proc.returncode})"}
             else:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)

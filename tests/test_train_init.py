@@ -112,7 +112,8 @@ def test_training_stages_follow_the_init_chain(tmp_path: Path) -> None:
     stages = training_stages(tmp_path / "c", meta)
     assert [(Path(st["run"]).name, st["steps"]) for st in stages] == [("a", 2), ("b", 3), ("c", 1)]
     assert stages[0]["init"] is None
-    assert stages[2]["init"]["sha256"] == hashlib.sha256((tmp_path / "b" / "model.safetensors").read_bytes()).hexdigest()
+    b_weights = (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert stages[2]["init"]["sha256"] == hashlib.sha256(b_weights).hexdigest()
     walls = [json.loads((tmp_path / r / "model.json").read_text())["wall_time_s"] for r in "abc"]
     steps, wall = stage_totals(stages)
     assert steps == 6 and wall == pytest.approx(sum(round(w, 1) for w in walls), abs=1e-6)

@@ -26,5 +26,6 @@ from robustir.models import restormer  # noqa: F401,E402
 from robustir.degradations import classical  # noqa: F401,E402  (Wiener, RichardsonLucy)
 
 __all__ = ["CallConvention", "ModelInfo", "Restorer", "build", "get_model_info", "list_models", "list_presets",
-           "load_weights", "pad_to_multiple", "parse_spec", "register_model", "register_preset", "resolve_spec", "restorer",
+           "load_weights", "pad_to_multiple", "parse_spec", "register_model", "register_preset", "resolve_spec",
+           "restorer",
            "sigma_map", "sigma_tensor"]

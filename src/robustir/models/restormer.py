@@ -9,7 +9,9 @@ divisible by 8; the uniform restorer reflect-pads the bottom/right to a multiple
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,11 @@ def _ffn_strip(block: TransformerBlock, x: Tensor, lo: int, hi: int) -> Tensor:
     return x[..., lo:hi, :] + block.ffn(block.norm2(xs))[..., core, :]
 
 
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`: the no-recompute twin of `checkpoint` when no gradient is recorded."""
+    return fn(*args)
+
+
 def block_in_strips(block: TransformerBlock, x: Tensor, rows: int) -> Tensor:
     """`block(x)` computed in horizontal strips of `rows` rows, each recomputed in backward when grad is on.
 
@@ -165,12 +172,7 @@ def block_in_strips(block: TransformerBlock, x: Tensor, rows: int) -> Tensor:
     then a strip's intermediates instead of a whole image's: the full-frame attack's memory mode.
     """
     bounds = _strips(x.shape[-2], rows)
-    if torch.is_grad_enabled():
-        def run(fn, *args):  # noqa: ANN001, ANN202 (local helper)
-            return checkpoint(fn, *args, use_reentrant=False)
-    else:
-        def run(fn, *args):  # noqa: ANN001, ANN202
-            return fn(*args)
+    run = functools.partial(checkpoint, use_reentrant=False) if torch.is_grad_enabled() else _call
     gram = q2 = k2 = None
     for lo, hi in bounds:
         g, a, b = run(_qk_stats, block, x, lo, hi)
