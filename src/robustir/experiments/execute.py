@@ -69,6 +69,12 @@ def _file_sha256(path: str, size: int, mtime: float) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks and cached per (path, size, mtime)."""
+    st = Path(path).stat()
+    return _file_sha256(str(path), st.st_size, st.st_mtime)
+
+
 def resolve_weights(weights: str | None) -> Path | None:
     """A weights reference -> file path: a path, `data:REL` (under the data root) or `shipped:NAME`."""
     if weights is None:
@@ -93,8 +99,7 @@ def model_fingerprint(entry: ModelEntry) -> str:
     path = resolve_weights(entry.weights)
     digest = None
     if path is not None:
-        st = path.stat()
-        digest = _file_sha256(str(path), st.st_size, st.st_mtime)
+        digest = file_sha256(path)
     payload = repr((entry.spec if isinstance(entry.spec, str) else sorted(dict(entry.spec).items()), digest,
                     entry.sigma))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

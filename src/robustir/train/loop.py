@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import time
 import warnings
@@ -413,14 +412,13 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
 
 def _init_weights(model: nn.Module, ref: str) -> dict[str, str]:
     """Load the fine-tuning start weights `ref` strictly into `model.net`; return its resolved path and sha256."""
-    from robustir.experiments.execute import resolve_weights
+    from robustir.experiments.execute import file_sha256, resolve_weights
     from robustir.models import load_weights
 
     path = resolve_weights(ref)
     assert path is not None
     load_weights(model.net, path, strict=True)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"ref": ref, "path": str(path), "sha256": digest}
+    return {"ref": ref, "path": str(path), "sha256": file_sha256(path)}
 
 
 def lr_curve(cfg: TrainConfig) -> list[float]:

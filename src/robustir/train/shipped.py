@@ -51,7 +51,7 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
     The chain stops at a start file that is not a run's `model.safetensors` (a shipped or published checkpoint), which
     is then named in the first stage. A start file that changed since it was used is an error: the card would lie.
     """
-    import hashlib
+    from robustir.experiments.execute import file_sha256
 
     stages: list[dict[str, Any]] = []
     run, current = Path(run_dir), meta
@@ -67,7 +67,7 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
         prev = start.parent / "model.json"
         if start.name != "model.safetensors" or not prev.is_file():
             break
-        if not start.is_file() or hashlib.sha256(start.read_bytes()).hexdigest() != init["sha256"]:
+        if not start.is_file() or file_sha256(start) != init["sha256"]:
             raise RobustirError(f"{run}: its start weights {start} changed since training (sha256 differs); cannot "
                                 f"describe how it was trained")
         run, current = start.parent, json.loads(prev.read_text(encoding="utf-8"))
