@@ -191,6 +191,25 @@ def test_patch_sampler_is_a_function_of_seed_and_id() -> None:
     torch.testing.assert_close(i, 1 - t)
 
 
+
+def test_step_batches_iterate_to_the_last_step_and_match_the_loader() -> None:
+    from robustir.train.sampling import StepBatches
+
+    cfg = config_from_dict(tiny_config(Path("x"), data={"stages": [{"iters": 2, "patch_size": 16, "batch_size": 4},
+                                                                    {"iters": 1, "patch_size": 8, "batch_size": 2}]}))
+    steps = StepBatches(PatchSampler(images(5, 32), seed=1), cfg.data, start=1, total=4)
+    items = list(steps)  # plain iteration stops at the last step instead of running forever
+    assert len(items) == len(steps) == 3
+    assert [(tuple(t.shape), p) for t, _, _, p in items] == [((4, 1, 16, 16), 16), ((2, 1, 8, 8), 8), ((2, 1, 8, 8), 8)]
+    assert [ids.tolist() for _, _, ids, _ in items] == [[4, 5, 6, 7], [8, 9], [10, 11]]
+    loaded = list(torch.utils.data.DataLoader(steps, batch_size=None))
+    for (a, _, ia, _), (b, _, ib, _) in zip(items, loaded):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert torch.equal(ia, ib)
+    with pytest.raises(IndexError, match="step index 3 out of range for 3 steps"):
+        steps[3]
+
+
 # ------------------------------------------------------------------------------------------------------------- batch
 
 def _ctx(ids, seed=0, **kw) -> PrepContext:

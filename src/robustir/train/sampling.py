@@ -244,6 +244,8 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor | None, Tensor, int]:
         """The batch of step start + i."""
+        if not 0 <= i < len(self):  # IndexError ends plain iteration (`for b in steps`) at the run's last step
+            raise IndexError(f"step index {i} out of range for {len(self)} steps left")
         plan = stage_at(self.start + i, self.data)
         if plan.batch_size % self.world_size:
             raise RobustirError(f"batch size {plan.batch_size} is not divisible by the {self.world_size} processes")
