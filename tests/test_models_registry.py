@@ -107,6 +107,14 @@ def test_bad_specs() -> None:
         build({"nc": 64})
     with pytest.raises(RobustirError, match="unknown model preset 'dncnn-s26'.*dncnn-s25"):
         build("dncnn-s26")
+    # near misses and shipped-checkpoint names get a pointed hint before the full list
+    with pytest.raises(RobustirError, match=r"'dncnn_s25' \(did you mean 'dncnn-s25'"):
+        build("dncnn_s25")
+    with pytest.raises(RobustirError, match=r"'nafnet_deblur_small' \(that is a shipped checkpoint: use "
+                                            r"shipped:nafnet_deblur_small\)"):
+        build("nafnet_deblur_small")
+    with pytest.raises(RobustirError, match=r"unknown model preset 'zzz'; presets: "):
+        build("zzz")
     with pytest.raises(RobustirError, match="act_mode"):
         build({"type": "DnCNN", "act_mode": "Q"})
     with pytest.raises(RobustirError, match="nb: expected an integer >= 2"):

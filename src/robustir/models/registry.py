@@ -141,12 +141,23 @@ def parse_spec(text: str, option: str = "--model") -> str | dict[str, Any]:
                             f"spec object such as '{{\"type\": \"DnCNN\"}}'") from None
 
 
+def _preset_hint(name: str) -> str:
+    """' (did you mean ...?)' for a shipped checkpoint's name or a near-miss preset name, else ''."""
+    import difflib
+    from pathlib import Path
+
+    if (Path(__file__).resolve().parent.parent / "checkpoints" / f"{name}.json").is_file():
+        return f" (that is a shipped checkpoint: use shipped:{name})"
+    close = difflib.get_close_matches(name.replace("_", "-"), list(_PRESETS), n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def resolve_spec(spec: Mapping[str, Any] | str) -> tuple[ModelInfo, dict[str, Any]]:
     """Turn a spec (dict or preset name) into the registered type and validated constructor kwargs."""
     if isinstance(spec, str):
         if spec not in _PRESETS:
-            raise RobustirError(f"unknown model preset {spec!r}; presets: {', '.join(sorted(_PRESETS))} "
-                                f"(or pass a dict with a 'type' key)")
+            raise RobustirError(f"unknown model preset {spec!r}{_preset_hint(spec)}; presets: "
+                                f"{', '.join(sorted(_PRESETS))} (or pass a dict with a 'type' key)")
         spec = _PRESETS[spec].spec
     if not isinstance(spec, Mapping):
         raise RobustirError(f"model spec must be a dict or a preset name, got {type(spec).__name__}")
