@@ -554,3 +554,28 @@ def test_cli_attack_checks_every_input_before_writing(tmp_path) -> None:  # noqa
     gt = load_tensors(out / "adversarial" / "b_rgb.safetensors")["gt"]
     luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * (rgb * 255).round() / 255).sum(0, keepdim=True)
     torch.testing.assert_close(gt, luma.clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_cli_attack_refuses_images_too_small_before_writing(tmp_path, capsys) -> None:  # noqa: ANN001
+    import numpy as np
+
+    from robustir.cli import main
+    from robustir.data.io import save_image
+
+    tiny, small = tmp_path / "tiny", tmp_path / "small"
+    tiny.mkdir()
+    small.mkdir()
+    save_image(torch.rand(1, 32, 32, generator=gen(5)), tiny / "a_ok.png")
+    save_image(torch.rand(1, 9, 40, generator=gen(6)), tiny / "b_thin.png")  # not the first file: the probe misses it
+    save_image(torch.rand(3, 20, 20, generator=gen(7)), small / "a.png")
+    kernel = np.zeros((23, 23), np.float32)
+    kernel[11, 5:18] = 1 / 13
+    np.save(tmp_path / "k.npy", kernel)
+    base = ["attack", "--eps", "2/255", "--steps", "1"]
+    assert main([*base, "--model", "dncnn-s25", "--sigma", "25", "--input", str(tiny), "--out",
+                 str(tmp_path / "o1")]) == 2
+    assert "b_thin.png is 9x40, smaller than the 11x11 SSIM window of the metrics" in capsys.readouterr().err
+    assert main([*base, "--model", "dwdn-small", "--kernel", str(tmp_path / "k.npy"), "--input", str(small), "--out",
+                 str(tmp_path / "o2")]) == 2
+    assert "a.png is 20x20, smaller than the 23x23 --kernel; images must be at least 23x23" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -12,6 +12,7 @@ import torch
 
 from robustir.checks import parse_fraction
 from robustir.errors import RobustirError
+from robustir.metrics.ssim import WINDOW as SSIM_WINDOW
 
 
 def _model(text: str, weights: str | None) -> Any:
@@ -28,20 +29,39 @@ def _model(text: str, weights: str | None) -> Any:
     return restorer(parse_spec(t), weights=weights)
 
 
-def _check_images(paths: list[Path], channels: int | None) -> None:
-    """Decode every input once; refuse unreadable files and, without --channels, folders mixing gray and RGB."""
+def _check_images(paths: list[Path], channels: int | None) -> dict[str, tuple[int, int]]:
+    """Decode every input once; refuse unreadable files and, without --channels, folders mixing gray and RGB.
+
+    Returns each file's (H, W), for the size checks that need the kernel.
+    """
     import warnings
 
     from robustir.data.io import load_image
 
     found: dict[int, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the attack loop reads them again and warns there (alpha dropped, ...)
         for path in paths:
-            found.setdefault(int(load_image(path).shape[0]), path.name)
+            img = load_image(path)
+            found.setdefault(int(img.shape[0]), path.name)
+            sizes[path.name] = (int(img.shape[-2]), int(img.shape[-1]))
     if channels is None and len(found) > 1:
         raise RobustirError(f"--input mixes gray ({found[1]}) and RGB ({found[3]}) images; pass --channels 1 or 3 "
                             f"to convert them")
+    return sizes
+
+
+def _check_sizes(sizes: dict[str, tuple[int, int]], kernel: torch.Tensor | None) -> None:
+    """Every image must fit the 11x11 SSIM window and, when blurred, the kernel: fail before any output."""
+    k = 0 if kernel is None else max(int(kernel.shape[-2]), int(kernel.shape[-1]))
+    need = max(SSIM_WINDOW, k)
+    for name, (h, w) in sizes.items():
+        if min(h, w) < need:
+            why = f"the {kernel.shape[-2]}x{kernel.shape[-1]} --kernel" if k > SSIM_WINDOW else \
+                f"the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window of the metrics"
+            raise RobustirError(f"--input: {name} is {h}x{w}, smaller than {why}; images must be at least "
+                                f"{need}x{need}")
 
 
 def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channels: int | None) -> None:
@@ -105,7 +125,7 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     if not paths:
         raise RobustirError(f"--input {input_dir!r}: no images found")
     n_channels = int(channels) if channels is not None else None
-    _check_images(paths, n_channels)  # every file decodes before anything is written
+    sizes = _check_images(paths, n_channels)  # every file decodes before anything is written
     model = _model(model_spec, weights)
     key = attack_name.lower().replace("-", "_")
     if key not in _PRESETS:
@@ -148,6 +168,7 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     def load(path: Path) -> torch.Tensor:
         return convert_channels(load_image(path), n_channels, str(path)).unsqueeze(0)
 
+    _check_sizes(sizes, kernel)
     _probe(model, load(paths[0]), cond, paths[0], n_channels)  # a wrong model/image pairing fails before any output
     out = Path(out_dir)
     for sub in ("adversarial", "previews", "restored", "perturbation"):
