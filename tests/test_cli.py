@@ -205,6 +205,10 @@ def test_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err
     assert "size mismatch" in err and "a.png" in err
     assert main(["score", str(only_a), str(ref), "--crop-border", "-1"]) == 2
+    capsys.readouterr()
+    # 16x16 minus 3 pixels each side is 10x10, under the SSIM window: the error names the file
+    assert main(["score", str(only_a), str(ref), "--allow-missing", "--crop-border", "3"]) == 2
+    assert "only_a/a.png': ssim: images must be at least 11x11 after cropping, got 10x10" in capsys.readouterr().err
 
 
 def test_degrade_then_score_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

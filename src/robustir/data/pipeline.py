@@ -181,7 +181,10 @@ def score_folders(restored: str | os.PathLike, reference: str | os.PathLike, *, 
             raise RobustirError(f"score: size mismatch: restoration {str(rp)!r} is {tuple(x.shape)} (C, H, W) but "
                                 f"reference {str(tp)!r} is {tuple(y.shape)}")
         row: dict[str, float | str] = {"name": rp.stem}
-        row.update(score_pairs([(x, y)], crop_border=crop_border, y_channel=y_channel, quantize=quantize)[0])
+        try:
+            row.update(score_pairs([(x, y)], crop_border=crop_border, y_channel=y_channel, quantize=quantize)[0])
+        except RobustirError as exc:  # e.g. an image smaller than the SSIM window: say which one
+            raise RobustirError(f"score: {str(rp)!r}: {exc}") from None
         rows.append(row)
     return rows
 
