@@ -100,6 +100,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     assert "trained 60 steps" in out.decode()
     rows = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 60  # every line parses (a line cut by the kill is dropped on resume)
+    logged = [r["step"] for r in rows if "val" not in r]
+    assert logged == sorted(set(logged)), "a step was logged twice across the kills"
 
     ref = train(load_config(_config(tmp_path, "straight")), progress=False)
     killed = load_file(str(tmp_path / "killed" / "model.safetensors"))
@@ -111,6 +113,26 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     for k in full_b:
         if k.startswith(("params", "optim")):
             assert torch.equal(full_a[k], full_b[k]), k
+
+
+def test_resume_drops_log_rows_past_the_checkpoint(tmp_path: Path) -> None:
+    """Rows a killed run logged after its last checkpoint are logged again on resume: keep one row per step."""
+    _write_dataset(tmp_path / "images", n=3)
+    path = _config(tmp_path, "run", steps=4)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"].update(log_every=1, ckpt_every=4)
+    path.write_text(yaml.safe_dump(cfg))
+    train(load_config(path), progress=False)
+    log = tmp_path / "run" / "log.jsonl"
+    # as if the killed run had gone on to step 6 and was cut mid-line after its last checkpoint (step 4)
+    with open(log, "a") as fh:
+        fh.write('{"step": 5, "loss": -1.0}\n{"step": 6, "loss": -1.0}\nnot json\n{"step": 7, "lo')
+    cfg["train"]["steps"] = 6
+    path.write_text(yaml.safe_dump(cfg))
+    train(load_config(path), resume=True, progress=False)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] > 0 for r in rows)
 
 
 def test_resume_errors(tmp_path: Path) -> None:

@@ -196,11 +196,24 @@ def _check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> 
         raise RobustirError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs))
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Truncate a text file after its last newline."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+def _trim_log(path: Path, through_step: int) -> None:
+    """Keep the log rows of steps up to `through_step` (the resumed checkpoint); drop later and cut-short lines."""
+    from robustir.data.atomic import atomic_write_text
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue  # a kill cut the last line short
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        # rows after the checkpoint were logged by the killed run and are logged again by this one
+        if step <= through_step:
+            kept.append(line)
+    if len(kept) != len(text.splitlines()):
+        atomic_write_text(path, "".join(kept))
 
 
 def _make_optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
@@ -296,7 +309,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     bar = _progress(total, start, progress and di.is_main)
     log_file = out / "log.jsonl"
     if di.is_main and log_file.is_file():
-        _drop_partial_line(log_file)  # a kill may have cut the last line short
+        _trim_log(log_file, start)
     t0 = time.perf_counter()
     t_last, samples_since = t0, 0
     last_val: dict[str, float] = history.get("last", {}) if isinstance(history, dict) else {}
