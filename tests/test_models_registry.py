@@ -113,6 +113,9 @@ def test_bad_specs() -> None:
     with pytest.raises(RobustirError, match=r"'nafnet_deblur_small' \(that is a shipped checkpoint: use "
                                             r"shipped:nafnet_deblur_small\)"):
         build("nafnet_deblur_small")
+    with pytest.raises(RobustirError, match=r"'NAFNet' \(that is a model type: pass a spec such as "
+                                            r"'\{\"type\": \"NAFNet\"\}'"):
+        build("NAFNet")
     with pytest.raises(RobustirError, match=r"unknown model preset 'zzz'; presets: "):
         build("zzz")
     with pytest.raises(RobustirError, match="act_mode"):

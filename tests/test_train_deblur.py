@@ -108,6 +108,36 @@ def test_deblur_set_and_wiener_baseline() -> None:
         make_deblur_set([imgs[0], imgs[1][:, :16]], ks)
 
 
+def test_deblur_eval_cli_on_a_folder(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`robustir deblur-eval` on a user folder prints the library's numbers; bad sizes are refused by name."""
+    from PIL import Image
+
+    from robustir.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(smooth_images(3, 48, seed=3)):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    args = ["deblur-eval", "--wiener", "--dataset", str(folder), "--n-images", "2", "--crop", "40",
+            "--data-root", str(data_root)]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    data = heldout_set(dataset=str(folder), n_images=2, crop=40, root=data_root)
+    assert printed["heldout"]["pairs"] == 16 and printed["heldout"]["crop"] == "centre 40x40"
+    assert printed["blurred_input"]["psnr"] == pytest.approx(identity_scores(data)["psnr"], abs=1e-9)
+    assert printed["wiener"]["psnr"] == pytest.approx(wiener_baseline(data)["psnr"], abs=1e-9)
+    assert printed["wiener"]["psnr"] > printed["blurred_input"]["psnr"] + 1.0
+    for bad, message in ((["--crop", "0"], "--crop"), (["--n-images", "0"], "--n-images"),
+                         (["--crop", "64"], "smaller than the requested 64x64 crop"),
+                         (["--n-images", "4"], "has only 3 images, fewer than 4")):
+        code = main([*args, *bad])
+        err = capsys.readouterr().err
+        assert code != 0 and message in err, (bad, err)
+    for kwargs in ({"n_images": 0}, {"crop": 0}, {"crop": 2.5}):
+        with pytest.raises(RobustirError, match="expected a positive integer"):
+            heldout_set(dataset=str(folder), root=data_root, **{"n_images": 2, "crop": 40, **kwargs})
+
+
 # -------------------------------------------------------------------------------------------------------- shipping
 
 @pytest.mark.parametrize("spec", [

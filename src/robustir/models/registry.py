@@ -148,6 +148,8 @@ def _preset_hint(name: str) -> str:
 
     if (Path(__file__).resolve().parent.parent / "checkpoints" / f"{name}.json").is_file():
         return f" (that is a shipped checkpoint: use shipped:{name})"
+    if name in _MODELS:
+        return f" (that is a model type: pass a spec such as '{{\"type\": \"{name}\"}}' for its official defaults)"
     close = difflib.get_close_matches(name.replace("_", "-"), list(_PRESETS), n=3, cutoff=0.75)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 

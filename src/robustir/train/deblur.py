@@ -115,6 +115,9 @@ def heldout_set(*, dataset: str = "cbsd68", n_images: int = 10, crop: int = 128,
     from robustir.degradations import levin_kernels
     from robustir.train.sampling import load_images
 
+    for name, value in (("n_images", n_images), ("crop", crop)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RobustirError(f"{name}: expected a positive integer, got {value!r}")
     images = load_images(dataset, 3, limit=n_images, root=None if root is None else str(root))
     if len(images) < n_images:
         raise RobustirError(f"n_images: {dataset} has only {len(images)} images, fewer than {n_images}")

@@ -10,8 +10,9 @@ from robustir.errors import RobustirError
 
 _HELDOUT_OPTIONS = [
     click.option("--dataset", default="cbsd68", show_default=True, help="Held-out clean images (named set or folder)."),
-    click.option("--n-images", default=10, show_default=True, help="Use the first N images."),
-    click.option("--crop", default=128, show_default=True, help="Centre crop size."),
+    click.option("--n-images", default=10, show_default=True, type=click.IntRange(min=1),
+                 help="Use the first N images."),
+    click.option("--crop", default=128, show_default=True, type=click.IntRange(min=1), help="Centre crop size."),
     click.option("--sigma", default=2.0, show_default=True, help="Noise level on the 0-255 scale."),
     click.option("--seed", default=0, show_default=True, help="Seed of the held-out noise."),
     click.option("--data-root", default=None, help="Shared data folder (default $ROBUSTIR_DATA or ../shared/data)."),
