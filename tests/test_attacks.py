@@ -530,7 +530,7 @@ def test_cli_attack_writes_lossless_outputs(tmp_path) -> None:  # noqa: ANN001
     assert main(["attack", "--model", "dncnn-s25", "--amp", "int8", "--input", str(src), "--out", str(fast)]) == 2
 
 
-def test_cli_attack_checks_every_input_before_writing(tmp_path) -> None:  # noqa: ANN001
+def test_cli_attack_checks_every_input_before_writing(tmp_path, capsys) -> None:  # noqa: ANN001
     from robustir.cli import main
     from robustir.data.io import load_tensors, save_image
 
@@ -543,7 +543,9 @@ def test_cli_attack_checks_every_input_before_writing(tmp_path) -> None:  # noqa
     base = ["attack", "--model", "dncnn-s25", "--eps", "2/255", "--steps", "1", "--sigma", "25", "--input", str(src)]
     # mixed gray/RGB folder, an RGB image for a gray model, a corrupt file: clear errors and no output folder
     assert main([*base, "--out", str(tmp_path / "mixed")]) == 2
+    capsys.readouterr()
     assert main([*base, "--channels", "3", "--out", str(tmp_path / "rgb")]) == 2
+    assert "--channels 3 gave the images 3 channel(s)" in capsys.readouterr().err
     (src / "c_bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
     assert main([*base, "--channels", "1", "--out", str(tmp_path / "bad")]) == 2
     assert not any((tmp_path / d).exists() for d in ("mixed", "rgb", "bad"))

@@ -74,8 +74,8 @@ def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channe
         with torch.no_grad():
             model(x, **cond)
     except RobustirError as exc:
-        hint = "" if channels is not None else f" ({path.name} has {x.shape[1]} channel(s); --channels 1 or 3 " \
-                                                "converts the images)"
+        hint = f" (--channels {channels} gave the images {channels} channel(s))" if channels is not None else \
+            f" ({path.name} has {x.shape[1]} channel(s); --channels 1 or 3 converts the images)"
         raise RobustirError(f"{exc}{hint}") from None
 
 
