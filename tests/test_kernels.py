@@ -12,8 +12,8 @@ import scipy.ndimage as ndi
 import torch
 from PIL import Image
 
-from robustir.degradations import (LEVIN_SIZES, blur, kernel_center, levin_kernels, load_kernels, motion_kernel,
-                                   motion_kernels, resize_kernel, validate_kernel)
+from robustir.degradations import (LEVIN_SIZES, blur, gaussian_kernel, kernel_center, levin_kernels, load_kernels,
+                                   motion_kernel, motion_kernels, resize_kernel, validate_kernel)
 from robustir.errors import RobustirError
 
 
@@ -228,3 +228,26 @@ def test_motion_kernel_determinism_and_intensity() -> None:
 def test_motion_kernel_bad_inputs(kwargs: dict, match: str) -> None:
     with pytest.raises(RobustirError, match=match):
         motion_kernel(**kwargs)
+
+
+@pytest.mark.parametrize("std", [0.25, 0.75, 1.0, 1.5, 2.3, 5.0])
+def test_gaussian_kernel_is_scipy_gaussian_filter_impulse_response(std: float) -> None:
+    k = gaussian_kernel(std)
+    n = k.shape[0]
+    assert n % 2 == 1 and k.dtype == torch.float32 and float(k.sum()) == pytest.approx(1.0, abs=1e-6)
+    impulse = np.zeros((n, n))
+    impulse[n // 2, n // 2] = 1.0
+    ref = ndi.gaussian_filter(impulse, std, truncate=3.0, mode="constant")
+    np.testing.assert_allclose(k.double().numpy(), ref, atol=1e-7)
+    assert torch.equal(k, k.flip(0).T)  # isotropic: symmetric under flips and transposition
+    big = gaussian_kernel(std, size=n + 4)
+    np.testing.assert_allclose(big[2:-2, 2:-2].numpy() / float(big[2:-2, 2:-2].sum()), k.numpy(), atol=1e-7)
+
+
+def test_gaussian_kernel_bad_arguments() -> None:
+    for std in (0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(RobustirError, match="std: expected a positive finite"):
+            gaussian_kernel(std)  # type: ignore[arg-type]
+    for size in (0, 4, -3, 2.0):
+        with pytest.raises(RobustirError, match="size: expected a positive odd integer"):
+            gaussian_kernel(1.0, size=size)  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 
 from robustir.degradations.functional import (AUTO_FFT_AREA, BOUNDARIES, add_gaussian_noise, blur, blur_adjoint,
                                               gaussian_noise_like, kernel_center, psf2otf)
-from robustir.degradations.kernels import LEVIN_SIZES, levin_kernels, load_kernels, resize_kernel, validate_kernel
+from robustir.degradations.kernels import (LEVIN_SIZES, gaussian_kernel, levin_kernels, load_kernels, resize_kernel,
+                                           validate_kernel)
 from robustir.degradations.motion import motion_kernel, motion_kernels, motion_trajectory
 from robustir.degradations.operators import Blur, Compose, GaussianNoise
 
@@ -21,6 +22,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = ["AUTO_FFT_AREA", "BOUNDARIES", "Blur", "Compose", "DEFAULT_NSR", "GaussianNoise", "LEVIN_SIZES",
-           "RichardsonLucy", "Wiener", "add_gaussian_noise", "blur", "blur_adjoint", "gaussian_noise_like",
-           "kernel_center", "levin_kernels", "load_kernels", "motion_kernel", "motion_kernels", "motion_trajectory",
-           "psf2otf", "resize_kernel", "richardson_lucy", "validate_kernel", "wiener_deconvolve"]
+           "RichardsonLucy", "Wiener", "add_gaussian_noise", "blur", "blur_adjoint", "gaussian_kernel",
+           "gaussian_noise_like", "kernel_center", "levin_kernels", "load_kernels", "motion_kernel", "motion_kernels",
+           "motion_trajectory", "psf2otf", "resize_kernel", "richardson_lucy", "validate_kernel", "wiener_deconvolve"]

@@ -71,6 +71,26 @@ def resize_kernel(kernel: Tensor, size: int | tuple[int, int]) -> Tensor:
     return out / out.sum()
 
 
+def gaussian_kernel(std: float, size: int | None = None) -> Tensor:
+    """An isotropic Gaussian blur kernel of standard deviation `std` px, `size`² (odd), summing to 1.
+
+    Sampled at the pixel centres and renormalised. The default size, 2·round(3·std)+1, is the support of
+    `scipy.ndimage.gaussian_filter(..., truncate=3)`, whose impulse response this then equals.
+    """
+    import math
+
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std <= 0:
+        raise RobustirError(f"std: expected a positive finite standard deviation in pixels, got {std!r}")
+    if size is None:
+        size = 2 * int(3 * std + 0.5) + 1
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise RobustirError(f"size: expected a positive odd integer, got {size!r}")
+    r = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-0.5 * (r / std) ** 2)
+    k = torch.outer(g, g)
+    return (k / k.sum()).to(torch.float32)
+
+
 def _from_hdf5(path: Path) -> list[np.ndarray]:
     """Kernels from a MATLAB v7.3 (HDF5) file: a cell array of object references or one numeric array."""
     import h5py

@@ -30,16 +30,20 @@ def _heldout_options(fn):  # type: ignore[no-untyped-def]
 @click.option("--model", "model_spec", default=None, help="Preset name or JSON spec of the network.")
 @click.option("--weights", default=None, help="Weights for --model (safetensors/.pth), loaded strictly.")
 @click.option("--shipped", default=None, help="Name of a shipped deblurring checkpoint (src/robustir/checkpoints).")
-@click.option("--wiener", is_flag=True, help="Also report the oracle-tuned Wiener baseline.")
+@click.option("--wiener", is_flag=True, help="Also report the oracle-tuned Wiener baseline (true kernel).")
+@click.option("--blind-wiener", is_flag=True,
+              help="Also report the blind classical baseline (Wiener with the best single Gaussian kernel).")
 @_heldout_options
 def deblur_eval_command(model_spec: str | None, weights: str | None, shipped: str | None, wiener: bool,
+                        blind_wiener: bool,
                         dataset: str, n_images: int, crop: int, sigma: float, seed: int,
                         data_root: str | None) -> None:
     """Score a deblurring network (and/or Wiener) on Levin-blurred held-out crops; prints JSON."""
-    from robustir.train.deblur import evaluate_deblur, heldout_set, identity_scores, load_shipped, wiener_baseline
+    from robustir.train.deblur import (blind_wiener_baseline, evaluate_deblur, heldout_set, identity_scores,
+                                       load_shipped, wiener_baseline)
 
-    if model_spec is None and shipped is None and not wiener:
-        raise RobustirError("deblur-eval: give --model (with --weights), --shipped NAME, or --wiener")
+    if model_spec is None and shipped is None and not wiener and not blind_wiener:
+        raise RobustirError("deblur-eval: give --model (with --weights), --shipped NAME, --wiener or --blind-wiener")
     if model_spec is not None and shipped is not None:
         raise RobustirError("deblur-eval: give either --model or --shipped, not both")
     data = heldout_set(dataset=dataset, n_images=n_images, crop=crop, sigma=sigma, seed=seed, root=data_root)
@@ -54,6 +58,8 @@ def deblur_eval_command(model_spec: str | None, weights: str | None, shipped: st
         report[str(model_spec)] = evaluate_deblur(model, data)
     if wiener:
         report["wiener"] = wiener_baseline(data)
+    if blind_wiener:
+        report["wiener_blind"] = blind_wiener_baseline(data)
     click.echo(json.dumps(report, indent=2))
 
 
@@ -72,7 +78,8 @@ def ship_deblurrer_command(run_dir: str, name: str, train_cmd: str, dest: str | 
     card = ship_run(run_dir, name, command=train_cmd, dest=dest, notes=notes, root=data_root)
     m = card["metrics"]
     click.echo(f"{name}: PSNR {m['model']['psnr']:.2f} dB / SSIM {m['model']['ssim']:.4f}; Wiener (oracle nsr) "
-               f"{m['wiener']['psnr']:.2f} / {m['wiener']['ssim']:.4f}; blurred {m['blurred_input']['psnr']:.2f}")
+               f"{m['wiener']['psnr']:.2f} / {m['wiener']['ssim']:.4f}; blurred {m['blurred_input']['psnr']:.2f}"
+               + (f"; blind Wiener {m['wiener_blind']['psnr']:.2f}" if "wiener_blind" in m else ""))
 
 
 COMMANDS = [deblur_eval_command, ship_deblurrer_command]
