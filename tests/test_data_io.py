@@ -256,6 +256,21 @@ def test_save_image_overwrite_is_atomic(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
 
 
+def test_atomic_outputs_get_the_umask_permissions(tmp_path: Path) -> None:
+    """Safetensors, images and text written atomically are not left 0600 by the temporary file they started as."""
+    from robustir.data.atomic import atomic_write_text
+    from robustir.train.checkpoint import save_weights
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    save_tensors({"x": torch.zeros(2)}, tmp_path / "t.safetensors")
+    save_image(torch.zeros(1, 3, 3), tmp_path / "i.png")
+    atomic_write_text(tmp_path / "n.json", "{}")
+    save_weights(tmp_path / "w.safetensors", {"weight": torch.ones(3)})  # safetensors' save_file replaces the file
+    for name in ("t.safetensors", "i.png", "n.json", "w.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
 def test_tensors_roundtrip_bit_exact(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(3)
     tensors = {"x_adv": torch.rand(2, 3, 8, 8, generator=g), "delta": torch.randn(2, 3, 8, 8, generator=g) * 1e-3,
