@@ -123,6 +123,19 @@ def test_training_stages_follow_the_init_chain(tmp_path: Path) -> None:
           data=data, progress=False)
     d_stages = training_stages(tmp_path / "d", json.loads((tmp_path / "d" / "model.json").read_text()))
     assert len(d_stages) == 1 and d_stages[0]["init"]["ref"] == "shipped:dncnn_s25_small"
+    # a shipped start whose card lists its stages continues the chain: a fine-tune counts the steps that made it
+    rgdn = shipped_card("rgdn_deblur_small")
+    path = shipped_path("rgdn_deblur_small")
+    ft = {"steps": 7, "wall_time_s": 3.0, "config": {"train": {"seed": 9}},
+          "init": {"ref": "shipped:rgdn_deblur_small", "path": str(path),
+                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    ft_stages = training_stages(tmp_path / "ft", ft)
+    assert ft_stages[:-1] == rgdn["stages"] and len(ft_stages) == len(rgdn["stages"]) + 1 >= 2
+    assert ft_stages[-1] == {"run": str(tmp_path / "ft"), "steps": 7, "seed": 9, "wall_time_s": 3.0,
+                             "init": {"ref": "shipped:rgdn_deblur_small", "sha256": ft["init"]["sha256"]}}
+    assert stage_totals(ft_stages)[0] == rgdn["steps"] + 7
+    with pytest.raises(RobustirError, match="'rgdn_deblur_small' it started from changed since training"):
+        training_stages(tmp_path / "ft", {**ft, "init": {**ft["init"], "sha256": "0" * 64}})
     # retraining a stage after its weights were used breaks the record: an error, not a wrong card
     (tmp_path / "b" / "model.safetensors").write_bytes((tmp_path / "a" / "model.safetensors").read_bytes())
     with pytest.raises(RobustirError, match="changed since training"):

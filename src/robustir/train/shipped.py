@@ -48,8 +48,10 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
     """The runs that produced a finished run, earliest first, following `train.init` back through run folders.
 
     Each stage: run folder, steps, seed, wall time, and the sha256 of the weights it started from (None: random init).
-    The chain stops at a start file that is not a run's `model.safetensors` (a shipped or published checkpoint), which
-    is then named in the first stage. A start file that changed since it was used is an error: the card would lie.
+    A `shipped:NAME` start whose card lists its own stages continues the chain through them (a fine-tune of a shipped
+    checkpoint counts the steps that made it). The chain stops at any other start file that is not a run's
+    `model.safetensors` (a published checkpoint, an older card), which is then named in the first stage. A start file
+    that changed since it was used is an error: the card would lie.
     """
     from robustir.experiments.execute import file_sha256
 
@@ -63,6 +65,15 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
                        "init": None if init is None else {"ref": init["ref"], "sha256": init["sha256"]}})
         if init is None:
             break
+        if str(init["ref"]).startswith("shipped:"):
+            name = str(init["ref"]).split(":", 1)[1]
+            card = shipped_card(name)
+            if not card.get("stages"):
+                break
+            if file_sha256(shipped_path(name)) != init["sha256"]:
+                raise RobustirError(f"{run}: the shipped checkpoint {name!r} it started from changed since training "
+                                    f"(sha256 differs); cannot describe how it was trained")
+            return [dict(st) for st in card["stages"]] + stages[::-1]
         start = Path(init["path"])
         prev = start.parent / "model.json"
         if start.name != "model.safetensors" or not prev.is_file():
