@@ -254,7 +254,8 @@ def _describe_training(config: dict[str, Any]) -> tuple[str, str]:
     return data, json.dumps(config.get("batch", []))
 
 
-def _verdict(model: dict[str, Any], wiener: dict[str, Any], blind_wiener: dict[str, Any] | None = None) -> str:
+def _verdict(model: dict[str, Any], wiener: dict[str, Any], blind_wiener: dict[str, Any] | None = None, *,
+             steps: int, wall_time_s: float) -> str:
     """One honest line comparing a model's held-out PSNR/SSIM with the Wiener baseline's (and the blind one's)."""
     gap = model["psnr"] - wiener["psnr"]
     ssim_note = (f"SSIM {model['ssim']:.4f} vs Wiener {wiener['ssim']:.4f} "
@@ -263,7 +264,7 @@ def _verdict(model: dict[str, Any], wiener: dict[str, Any], blind_wiener: dict[s
         line = f"beats the oracle-tuned Wiener baseline by {gap:.2f} dB PSNR on the held-out set; {ssim_note}"
     else:
         line = (f"loses to the oracle-tuned Wiener baseline by {-gap:.2f} dB PSNR on the held-out set ({ssim_note}): "
-                f"NOT trained enough (a CPU budget of minutes)")
+                f"NOT trained enough ({steps} steps, {wall_time_s / 60:.1f} min of training)")
     if blind_wiener is not None:
         blind_gap = model["psnr"] - blind_wiener["psnr"]
         line += (f". Against the blind classical filter (Wiener with the best single Gaussian kernel for the whole "
@@ -324,7 +325,7 @@ def ship_run(run_dir: str | Path, name: str, *, command: str, dest: str | Path |
                if blind_base is not None else {}),
             "training_val": meta.get("val", {}),
         },
-        "verdict": _verdict(scores, base, blind_base),
+        "verdict": _verdict(scores, base, blind_base, steps=total_steps, wall_time_s=total_wall),
         "notes": notes,
         "config": config,
     }
