@@ -65,23 +65,22 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
                        "init": None if init is None else {"ref": init["ref"], "sha256": init["sha256"]}})
         if init is None:
             break
-        if str(init["ref"]).startswith("shipped:"):
+        card: dict[str, Any] | None = None
+        if str(init["ref"]).startswith("shipped:"):  # this checkout's file: the recorded path may be another clone's
             name = str(init["ref"]).split(":", 1)[1]
-            card = shipped_card(name)
-            if not card.get("stages"):
-                break
-            if file_sha256(shipped_path(name)) != init["sha256"]:
-                raise RobustirError(f"{run}: the shipped checkpoint {name!r} it started from changed since training "
-                                    f"(sha256 differs); cannot describe how it was trained")
-            return [dict(st) for st in card["stages"]] + stages[::-1]
-        start = Path(init["path"])
-        prev = start.parent / "model.json"
-        if start.name != "model.safetensors" or not prev.is_file():
+            card, start = shipped_card(name), shipped_path(name)
+            chained = bool(card.get("stages"))
+        else:
+            start = Path(init["path"])
+            chained = start.name == "model.safetensors" and (start.parent / "model.json").is_file()
+        if not chained:
             break
         if not start.is_file() or file_sha256(start) != init["sha256"]:
-            raise RobustirError(f"{run}: its start weights {start} changed since training (sha256 differs); cannot "
-                                f"describe how it was trained")
-        run, current = start.parent, json.loads(prev.read_text(encoding="utf-8"))
+            raise RobustirError(f"{run}: its start weights {init['ref']!r} ({start}) changed since training (sha256 "
+                                f"differs); cannot describe how it was trained")
+        if card is not None:
+            return [dict(st) for st in card["stages"]] + stages[::-1]
+        run, current = start.parent, json.loads((start.parent / "model.json").read_text(encoding="utf-8"))
         if len(stages) > 100:
             raise RobustirError(f"{run_dir}: train.init chain longer than 100 runs (a cycle?)")
     return stages[::-1]
