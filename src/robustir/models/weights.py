@@ -146,6 +146,15 @@ def load_weights(model: nn.Module, path_or_state: str | Path | Mapping[str, Any]
     layouts known to `robustir.models.convert` (detected automatically). `key` selects a container entry explicitly.
     Everything is validated first; on any error the model is unchanged.
     """
+    state, source = read_state_for(model, path_or_state, key=key)
+    check_state_dict(model, state, strict=strict, source=source)
+    copy_state(model, state)
+    return model
+
+
+def read_state_for(model: nn.Module, path_or_state: str | Path | Mapping[str, Any], *,
+                   key: str | None = None) -> tuple[dict[str, Tensor], str]:
+    """The checkpoint's state dict in `model`'s key layout (unwrapped, renamed), and a name for it in errors."""
     if isinstance(path_or_state, (str, Path)):
         source = f"checkpoint {str(path_or_state)!r}"
         obj = read_checkpoint(path_or_state)
@@ -156,8 +165,11 @@ def load_weights(model: nn.Module, path_or_state: str | Path | Mapping[str, Any]
     state = unwrap_state_dict(obj, key=key, source=source)
     from robustir.models.convert import adapt_state_dict
 
-    state = adapt_state_dict(state, model)
-    missing, _ = check_state_dict(model, state, strict=strict, source=source)
+    return adapt_state_dict(state, model), source
+
+
+def copy_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy the validated `state` into `model`'s tensors of the same names (keys `model` lacks are ignored)."""
     target = model.state_dict()
     with torch.no_grad():
         for k, dst in target.items():
@@ -166,4 +178,3 @@ def load_weights(model: nn.Module, path_or_state: str | Path | Mapping[str, Any]
                 if src.dtype != dst.dtype and not (src.is_floating_point() and dst.is_floating_point()):
                     src = src.to(dst.dtype)
                 dst.copy_(src)
-    return model

@@ -131,6 +131,9 @@ class RunConfig:
         init: start from these weights instead of a random initialisation (fine-tuning): a file path, `shipped:NAME`
             or `data:REL`, anything `robustir.models.load_weights` reads, loaded strictly; ignored on resume, where
             the run's own checkpoint holds the weights.
+        grow: with `init`, the model may be a deeper network of the same width (more NAFNet-family blocks per
+            stage): the init weights fill the blocks they have, the added blocks start as identities (zero
+            beta/gamma), so step 0 computes the init network's function (`robustir.models.grow.load_grown`).
     """
 
     steps: int = 1000
@@ -144,6 +147,7 @@ class RunConfig:
     channels_last: str = "auto"
     device: str = "auto"
     init: str | None = None
+    grow: bool = False
 
 
 @dataclass
@@ -301,6 +305,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise RobustirError(f"train.ema: expected a decay in [0, 1), got {cfg.train.ema}")
     if cfg.train.ckpt_every < 1 or cfg.train.log_every < 1:
         raise RobustirError("train.ckpt_every and train.log_every must be positive")
+    if cfg.train.grow and cfg.train.init is None:
+        raise RobustirError("train.grow: grows the train.init weights into a deeper model; give train.init")
     if cfg.loss.output_weights is not None:
         if cfg.loss.outputs != "all":
             raise RobustirError("loss.output_weights: only with loss.outputs: all")

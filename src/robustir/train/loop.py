@@ -261,7 +261,8 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         model = model.to(memory_format=torch.channels_last)
     resuming = resume and ckpt_path.exists()
     # on resume the run's own checkpoint holds the weights; the init file need not exist any more
-    init_info = _init_weights(model, cfg.train.init) if cfg.train.init is not None and not resuming else None
+    init_info = (_init_weights(model, cfg.train.init, grow=cfg.train.grow)
+                 if cfg.train.init is not None and not resuming else None)
     optimizer = _make_optimizer(cfg, model.parameters())
     ema = ModelEMA(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = build_loss(cfg.loss.type, weight=cfg.loss.weight, eps=cfg.loss.eps)
@@ -423,15 +424,20 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     return TrainResult(out=out, steps=total, val=last_val, wall_time_s=wall, weights=final)
 
 
-def _init_weights(model: nn.Module, ref: str) -> dict[str, str]:
-    """Load the fine-tuning start weights `ref` strictly into `model.net`; return its resolved path and sha256."""
+def _init_weights(model: nn.Module, ref: str, *, grow: bool = False) -> dict[str, Any]:
+    """Load the start weights `ref` into `model.net` (strictly, or growing it); return path, sha256, added blocks."""
     from robustir.experiments.execute import file_sha256, resolve_weights
     from robustir.models import load_weights
+    from robustir.models.grow import load_grown
 
     path = resolve_weights(ref)
     assert path is not None
-    load_weights(model.net, path, strict=True)
-    return {"ref": ref, "path": str(path), "sha256": file_sha256(path)}
+    info: dict[str, Any] = {"ref": ref, "path": str(path), "sha256": file_sha256(path)}
+    if grow:
+        info["grown"] = load_grown(model.net, path)
+    else:
+        load_weights(model.net, path, strict=True)
+    return info
 
 
 def lr_curve(cfg: TrainConfig) -> list[float]:

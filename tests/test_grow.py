@@ -1,0 +1,119 @@
+"""Growing a trained NAFNet-family network deeper: the shallow checkpoint fills the blocks it has, the added blocks
+start as identities, so the grown network computes exactly the shallow one's function; every other mismatch is an
+error that leaves the model unchanged; `train.grow` does it at the start of a run and records the added blocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from robustir.errors import CheckpointMismatchError, RobustirError
+from robustir.models import build
+from robustir.models.grow import identity_blocks, load_grown
+from robustir.train import config_from_dict
+from robustir.train.loop import TrainingData, train
+
+SHALLOW = {"type": "NAFNet", "img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1],
+           "dec_blk_nums": [1, 1]}
+
+
+def _trained(spec: dict, seed: int = 0) -> torch.nn.Module:
+    """A network whose every weight (the residual scales included) is random, as after training."""
+    torch.manual_seed(seed)
+    net = build(spec)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.3 / max(1, p.shape[1] if p.dim() > 1 else 1) ** 0.5)
+    return net
+
+
+def _save(net: torch.nn.Module, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["NAFNet", "Baseline"])
+def test_grown_network_computes_the_shallow_one_exactly(tmp_path: Path, kind: str) -> None:
+    spec = {**SHALLOW, "type": kind}
+    shallow = _trained(spec)
+    path = _save(shallow, tmp_path / "shallow.safetensors")
+    deep = build({**spec, "middle_blk_num": 3, "enc_blk_nums": [1, 2], "dec_blk_nums": [2, 1]})
+    added = load_grown(deep, path)
+    assert added == ["decoders.0.1", "encoders.1.1", "middle_blks.1", "middle_blks.2"]
+    x = torch.rand(2, 3, 37, 29, generator=torch.Generator().manual_seed(1))  # odd: pad-and-crop on the way
+    with torch.no_grad():
+        ref, out = shallow(x), deep(x)
+    assert float((ref - x).abs().mean()) > 0.05  # the shallow network is far from the identity: a real test
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # the added blocks still learn: their scales get gradients at once
+    F.mse_loss(deep(x), x).backward()
+    assert all(float(deep.get_submodule(b).beta.grad.abs().sum()) > 0 for b in added)
+
+
+def test_grow_errors_name_the_problem_and_leave_the_model_unchanged(tmp_path: Path) -> None:
+    shallow_path = _save(_trained(SHALLOW), tmp_path / "shallow.safetensors")
+    deep_spec = {**SHALLOW, "middle_blk_num": 2}
+    deep_path = _save(_trained(deep_spec, seed=1), tmp_path / "deep.safetensors")
+
+    def unchanged(model: torch.nn.Module, load: object, match: str) -> None:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(CheckpointMismatchError, match=match):
+            load_grown(model, load)  # type: ignore[arg-type]
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    unchanged(build(SHALLOW), deep_path, r"keys the model lacks \(middle_blks\.1\.")  # shrinking is not growing
+    unchanged(build({**SHALLOW, "width": 16, "middle_blk_num": 2}), shallow_path, "wrongly shaped")
+    unchanged(build(SHALLOW), shallow_path, "nothing to grow")
+    partial = {k: v for k, v in build(deep_spec).state_dict().items() if not k.startswith("middle_blks.1.conv4")}
+    unchanged(build(deep_spec), partial, r"partly in the checkpoint: middle_blks\.1")
+    # a trained block with nonzero scales is no identity: the missing keys are then not an added block
+    target = build(deep_spec)
+    with torch.no_grad():
+        target.middle_blks[1].beta.fill_(0.5)
+    unchanged(target, shallow_path, r"outside an added identity block.*middle_blks\.1\.")
+    # Restormer's blocks have no zero-initialised scales: more blocks cannot start as identities
+    small = {"type": "Restormer", "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+             "heads": [1, 2, 4, 8]}
+    restormer_path = _save(build(small), tmp_path / "restormer.safetensors")
+    unchanged(build({**small, "num_refinement_blocks": 2}), restormer_path, "outside an added identity block")
+
+
+def test_identity_blocks_are_the_fresh_ones() -> None:
+    net = build(SHALLOW)
+    assert set(identity_blocks(net)) == {"encoders.0.0", "encoders.1.0", "middle_blks.0", "decoders.0.0",
+                                         "decoders.1.0"}
+    assert identity_blocks(_trained(SHALLOW)) == {}
+
+
+def _cfg(out: Path, model: dict, *, init: str | None = None, grow: bool = False, lr: float = 1e-3) -> dict:
+    run = {"steps": 2, "out": str(out), "ckpt_every": 1, "log_every": 1, "device": "cpu", "seed": 3, "grow": grow}
+    if init is not None:
+        run["init"] = init
+    return {"model": dict(model), "data": {"train": "unused", "channels": 3, "patch_size": 16, "batch_size": 2},
+            "batch": [{"type": "noise", "sigma": 10}], "loss": {"type": "L1"}, "optim": {"type": "AdamW", "lr": lr},
+            "train": run}
+
+
+def test_train_grow_starts_from_the_shallow_function_and_records_the_added_blocks(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    data = TrainingData(targets=[torch.rand(3, 24, 24, generator=g) for _ in range(3)])
+    start = _save(_trained(SHALLOW), tmp_path / "start.safetensors")
+    deep = {**SHALLOW, "middle_blk_num": 2}
+    with pytest.raises(CheckpointMismatchError, match="missing keys: middle_blks.1"):  # strict without grow
+        train(config_from_dict(_cfg(tmp_path / "strict", deep, init=str(start))), data=data, progress=False)
+    with pytest.raises(RobustirError, match="train.grow: .* give train.init"):
+        config_from_dict(_cfg(tmp_path / "x", deep, grow=True))
+    grown = train(config_from_dict(_cfg(tmp_path / "g", deep, init=str(start), grow=True)), data=data,
+                  progress=False)
+    shallow = train(config_from_dict(_cfg(tmp_path / "s", SHALLOW, init=str(start))), data=data, progress=False)
+    info = json.loads((tmp_path / "g" / "model.json").read_text())["init"]
+    assert info["grown"] == ["middle_blks.1"] and info["ref"] == str(start)
+    # same seed, same batches, same function at step 0: the first logged loss (before any update) is the same
+    first = [json.loads((tmp_path / r / "log.jsonl").read_text().splitlines()[0])["loss"] for r in "gs"]
+    assert first[0] == pytest.approx(first[1], rel=1e-6)
+    assert set(grown.weights) - set(shallow.weights) and set(shallow.weights) < set(grown.weights)
