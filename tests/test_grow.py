@@ -117,3 +117,20 @@ def test_train_grow_starts_from_the_shallow_function_and_records_the_added_block
     first = [json.loads((tmp_path / r / "log.jsonl").read_text().splitlines()[0])["loss"] for r in "gs"]
     assert first[0] == pytest.approx(first[1], rel=1e-6)
     assert set(grown.weights) - set(shallow.weights) and set(shallow.weights) < set(grown.weights)
+    from robustir.train.shipped import training_stages
+
+    stages = training_stages(tmp_path / "g", json.loads((tmp_path / "g" / "model.json").read_text()))
+    assert stages[-1]["init"]["grown"] == ["middle_blks.1"]  # the card says which blocks were added
+
+
+def test_growing_the_shipped_nafnet_keeps_its_restorations() -> None:
+    from robustir.models import load_weights
+    from robustir.train.shipped import shipped_card, shipped_path
+
+    spec = shipped_card("nafnet_deblur_small_70k")["spec"]
+    shipped = load_weights(build(spec), shipped_path("nafnet_deblur_small_70k"))
+    deeper = build({**spec, "middle_blk_num": spec["middle_blk_num"] + 2})
+    assert load_grown(deeper, shipped_path("nafnet_deblur_small_70k")) == ["middle_blks.1", "middle_blks.2"]
+    x = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x), shipped(x), rtol=0, atol=0)
