@@ -231,7 +231,7 @@ def test_shipped_deblur_checkpoint(card_path: Path, heldout_prefix: object) -> N
     data = heldout_prefix
     model, card = load_shipped(card_path.stem)  # strict load into the card's spec
     assert card["name"] == card_path.stem and card["task"] == "deblur"
-    assert card_path.with_suffix(".safetensors").stat().st_size < 2_000_000
+    assert card_path.with_suffix(".safetensors").stat().st_size < 5 * 2**20  # small, as the shipped denoisers
     m = card["metrics"]
     assert m["heldout"]["pairs"] == 80 and m["heldout"]["crop"] == "centre 128x128"
     scores = evaluate_deblur(model, data, with_ssim=False)
