@@ -248,6 +248,8 @@ def test_shipped_deblur_checkpoint(card_path: Path, heldout_prefix: object) -> N
     per_image_gain = np.mean(m["model"]["psnr_per_image"]) - np.mean(m["wiener"]["psnr_per_image"])
     assert per_image_gain == pytest.approx(gain, abs=1e-3)
     assert card["verdict"].startswith("beats") == (gain > 0)
+    wins = sum(a > b for a, b in zip(m["model"]["psnr_per_image"], m["wiener"]["psnr_per_image"]))
+    assert f"(ahead on {wins} of {len(m['model']['psnr_per_image'])} images" in card["verdict"]
     if gain <= 0:  # a loss is put down to the budget, and the verdict names it
         assert f"({card['steps']} steps, {card['wall_time_s'] / 60:.1f} min of training)" in card["verdict"]
     if card["blind"]:  # the blind classical baseline reproduces on the prefix too, and its gap is the card's
