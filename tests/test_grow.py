@@ -87,7 +87,7 @@ def test_identity_blocks_are_the_fresh_ones() -> None:
     net = build(SHALLOW)
     assert set(identity_blocks(net)) == {"encoders.0.0", "encoders.1.0", "middle_blks.0", "decoders.0.0",
                                          "decoders.1.0"}
-    assert identity_blocks(_trained(SHALLOW)) == {}
+    assert identity_blocks(_trained(SHALLOW)) == []
 
 
 def _cfg(out: Path, model: dict, *, init: str | None = None, grow: bool = False, lr: float = 1e-3) -> dict:

@@ -20,13 +20,13 @@ from robustir.models.weights import _short, check_state_dict, copy_state, read_s
 _SCALES = ("beta", "gamma")
 
 
-def identity_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """The residual blocks of `model` whose output scales (`beta`, `gamma`) are all zero, so that they are identities."""
-    found = {}
+def identity_blocks(model: nn.Module) -> list[str]:
+    """Names of the residual blocks of `model` whose output scales (`beta`, `gamma`) are all zero: identities."""
+    found = []
     for name, module in model.named_modules():
         params = dict(module.named_parameters(recurse=False))
         if name and all(s in params for s in _SCALES) and all(not bool(params[s].detach().any()) for s in _SCALES):
-            found[name] = module
+            found.append(name)
     return found
 
 
@@ -45,8 +45,7 @@ def load_grown(model: nn.Module, path_or_state: str | Path | Mapping[str, Any], 
     if unexpected:
         problems.append(f"the checkpoint has keys the model lacks ({_short(unexpected)}), so it is not a shallower "
                         f"network of the same kind")
-    blocks = identity_blocks(model)
-    added = sorted({b for b in blocks if any(k.startswith(b + ".") for k in missing)})
+    added = sorted(b for b in identity_blocks(model) if any(k.startswith(b + ".") for k in missing))
     partial = [b for b in added if any(k.startswith(b + ".") for k in state)]
     if partial:
         problems.append(f"blocks only partly in the checkpoint: {_short(partial)}")
