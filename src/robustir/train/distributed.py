@@ -7,6 +7,7 @@ step's sample ids, as DistributedSampler does), so the global batch and the samp
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -88,4 +89,5 @@ def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if info.distributed and dist.is_initialized():
+        gc.collect()  # DDP wrappers left in reference cycles hold the group; free them while it still exists
         dist.destroy_process_group()
