@@ -46,6 +46,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     res = subprocess.run([*torchrun, "-m", "robustir.cli", "train", str(config("ddp")), "--no-progress"], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("trained 6 steps") == 1, res.stdout  # the summary comes from rank 0 only
     ref = train(load_config(config("single")), progress=False)
     ddp = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     for k, v in ref.weights.items():

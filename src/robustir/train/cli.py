@@ -38,8 +38,9 @@ def train_command(config: str, resume: bool, overrides: tuple[str, ...], data_ro
     cfg = load_config(config, _parse_set(overrides))
     result = train(cfg, resume=resume, data_root=data_root, progress=not no_progress)
     val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
-    click.echo(f"trained {result.steps} steps in {result.wall_time_s:.1f} s -> {result.out / 'model.safetensors'}"
-               + (f" (val {val})" if val else ""))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not one per torchrun worker
+        click.echo(f"trained {result.steps} steps in {result.wall_time_s:.1f} s -> {result.out / 'model.safetensors'}"
+                   + (f" (val {val})" if val else ""))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun with Gloo, a worker can abort in C++ static teardown after everything is written and the
         # process group destroyed ("terminate called without an active exception", no Python frame; about 1 run in
