@@ -240,8 +240,8 @@ def test_shipped_deblur_checkpoint(card_path: Path, heldout_prefix: object) -> N
     data = heldout_prefix
     model, card = load_shipped(card_path.stem)  # strict load into the card's spec
     assert card["name"] == card_path.stem and card["task"] == "deblur"
-    # small: the largest, an 11-middle-block width-16 Baseline (1.46M float32 parameters), is 5.6 MiB
-    assert card_path.with_suffix(".safetensors").stat().st_size < 6 * 2**20
+    # small: the largest, a 15-middle-block width-16 Baseline (1.93M float32 parameters), is 7.4 MiB
+    assert card_path.with_suffix(".safetensors").stat().st_size < 8 * 2**20
     m = card["metrics"]
     assert m["heldout"]["pairs"] == 80 and m["heldout"]["crop"] == "centre 128x128"
     scores = evaluate_deblur(model, data, with_ssim=False)
