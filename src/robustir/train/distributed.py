@@ -7,7 +7,6 @@ step's sample ids, as DistributedSampler does), so the global batch and the samp
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 
@@ -50,11 +49,15 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def launch_ranks() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as torchrun set them; (0, 1, 0) when not launched by torchrun."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init_distributed(preference: str = "auto") -> DistInfo:
     """Join the torchrun process group when launched by torchrun (NCCL on CUDA, Gloo on CPU), else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local = launch_ranks()
     device = pick_device(preference, local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -89,5 +92,4 @@ def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if info.distributed and dist.is_initialized():
-        gc.collect()  # DDP wrappers left in reference cycles hold the group; free them while it still exists
         dist.destroy_process_group()
