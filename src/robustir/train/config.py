@@ -134,6 +134,10 @@ class RunConfig:
         grow: with `init`, the model may be a deeper network of the same width (more NAFNet-family blocks per
             stage): the init weights fill the blocks they have, the added blocks start as identities (zero
             beta/gamma), so step 0 computes the init network's function (`robustir.models.grow.load_grown`).
+        transplant: with `init`, `{from: SPEC, batches: K}`: `init` holds weights of the Baseline `SPEC` (SE
+            attention) and the model is its Intermediate (attention `sca`, any activation): every other tensor is
+            copied, each block's simplified attention is fitted by least squares to the Baseline's SE outputs on the
+            first K training batches (`robustir.models.transplant`), then training fine-tunes.
     """
 
     steps: int = 1000
@@ -148,6 +152,7 @@ class RunConfig:
     device: str = "auto"
     init: str | None = None
     grow: bool = False
+    transplant: dict[str, Any] | None = None
 
 
 @dataclass
@@ -307,6 +312,19 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise RobustirError("train.ckpt_every and train.log_every must be positive")
     if cfg.train.grow and cfg.train.init is None:
         raise RobustirError("train.grow: grows the train.init weights into a deeper model; give train.init")
+    tp = cfg.train.transplant
+    if tp is not None:
+        if cfg.train.init is None:
+            raise RobustirError("train.transplant: transplants the train.init weights; give train.init")
+        if cfg.train.grow:
+            raise RobustirError("train.transplant and train.grow: choose one way to start from train.init")
+        if not isinstance(tp, Mapping) or set(tp) - {"from", "batches"} or not isinstance(tp.get("from"), Mapping) \
+                or "type" not in tp["from"]:
+            raise RobustirError(f"train.transplant: expected {{from: <the init weights' model spec with a type>, "
+                                f"batches: <calibration batches>}}, got {tp!r}")
+        batches = tp.get("batches", 16)
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise RobustirError(f"train.transplant.batches: expected a positive integer, got {batches!r}")
     if cfg.loss.output_weights is not None:
         if cfg.loss.outputs != "all":
             raise RobustirError("loss.output_weights: only with loss.outputs: all")

@@ -254,6 +254,15 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     device = di.device
     seed = cfg.train.seed
 
+    if data is None:
+        data = load_training_data(cfg, data_root)
+    source = data.source if data.source is not None else MemorySource(data.targets, data.inputs)
+    sampler = PatchSampler(source, seed=seed, scales=cfg.data.scales, augment=cfg.data.augment)
+    for st in cfg.data.stages or []:
+        sampler.check_patch(st.patch_size)
+    if not cfg.data.stages:
+        sampler.check_patch(cfg.data.patch_size)
+
     torch.manual_seed(derive_seed(seed, "init", 0))  # the initial weights depend on the seed only
     model = build_restorer(cfg.model).to(device)
     channels_last = _use_channels_last(cfg, device)
@@ -261,8 +270,10 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         model = model.to(memory_format=torch.channels_last)
     resuming = resume and ckpt_path.exists()
     # on resume the run's own checkpoint holds the weights; the init file need not exist any more
-    init_info = (_init_weights(model, cfg.train.init, grow=cfg.train.grow)
-                 if cfg.train.init is not None and not resuming else None)
+    init_info = None
+    if cfg.train.init is not None and not resuming:
+        init_info = (_transplant_init(model, cfg, sampler, device) if cfg.train.transplant is not None
+                     else _init_weights(model, cfg.train.init, grow=cfg.train.grow))
     optimizer = _make_optimizer(cfg, model.parameters())
     ema = ModelEMA(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = build_loss(cfg.loss.type, weight=cfg.loss.weight, eps=cfg.loss.eps)
@@ -290,15 +301,6 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         wall_before = float(ck["state"].get("wall_time_s", 0.0))
         history = ck["state"].get("val", {})
         init_info = ck["state"].get("init")
-
-    if data is None:
-        data = load_training_data(cfg, data_root)
-    source = data.source if data.source is not None else MemorySource(data.targets, data.inputs)
-    sampler = PatchSampler(source, seed=seed, scales=cfg.data.scales, augment=cfg.data.augment)
-    for st in cfg.data.stages or []:
-        sampler.check_patch(st.patch_size)
-    if not cfg.data.stages:
-        sampler.check_patch(cfg.data.patch_size)
 
     ddp_model = wrap_model(model, di)
     if di.is_main:
@@ -438,6 +440,35 @@ def _init_weights(model: nn.Module, ref: str, *, grow: bool = False) -> dict[str
     else:
         load_weights(model.net, path, strict=True)
     return info
+
+
+def _transplant_init(model: Restorer, cfg: TrainConfig, sampler: PatchSampler, device: torch.device
+                     ) -> dict[str, Any]:
+    """Start `model` from the Baseline weights `train.init` by `robustir.models.transplant` on the first training batches."""
+    from robustir.experiments.execute import file_sha256, resolve_weights
+    from robustir.models import load_weights
+    from robustir.models.transplant import transplant_se_to_sca
+
+    tp = cfg.train.transplant
+    assert tp is not None and cfg.train.init is not None
+    path = resolve_weights(cfg.train.init)
+    assert path is not None
+    source = build_restorer(dict(tp["from"]))
+    load_weights(source.net, path, strict=True)
+    source = source.to(device)
+    prep = build_batch_prep(cfg.batch, for_eval=True)
+    n = int(tp.get("batches", 16))
+    steps = StepBatches(sampler, cfg.data, start=0, total=n)
+
+    def calibration() -> Iterator[Tensor]:
+        for i in range(n):
+            clean, lq, ids, _ = steps[i]
+            ctx = PrepContext(seed=cfg.train.seed, step=i, sample_ids=ids, training=False)
+            yield prep(clean.to(device), ctx, inputs=lq.to(device) if lq is not None else None).inputs
+
+    report = transplant_se_to_sca(model, source, calibration())
+    return {"ref": cfg.train.init, "path": str(path), "sha256": file_sha256(path),
+            "transplant": {"from": dict(tp["from"]), **report.as_dict()}}
 
 
 def lr_curve(cfg: TrainConfig) -> list[float]:
