@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from random_weights import trained_like
 from safetensors.torch import save_file
 
 from robustir.errors import CheckpointMismatchError, RobustirError
@@ -22,16 +23,6 @@ SHALLOW = {"type": "NAFNet", "img_channel": 3, "width": 8, "middle_blk_num": 1, 
            "dec_blk_nums": [1, 1]}
 
 
-def _trained(spec: dict, seed: int = 0) -> torch.nn.Module:
-    """A network whose every weight (the residual scales included) is random, as after training."""
-    torch.manual_seed(seed)
-    net = build(spec)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0.0, 0.3 / max(1, p.shape[1] if p.dim() > 1 else 1) ** 0.5)
-    return net
-
-
 def _save(net: torch.nn.Module, path: Path) -> Path:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
@@ -40,7 +31,7 @@ def _save(net: torch.nn.Module, path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["NAFNet", "Baseline"])
 def test_grown_network_computes_the_shallow_one_exactly(tmp_path: Path, kind: str) -> None:
     spec = {**SHALLOW, "type": kind}
-    shallow = _trained(spec)
+    shallow = trained_like(spec)
     path = _save(shallow, tmp_path / "shallow.safetensors")
     deep = build({**spec, "middle_blk_num": 3, "enc_blk_nums": [1, 2], "dec_blk_nums": [2, 1]})
     added = load_grown(deep, path)
@@ -56,9 +47,9 @@ def test_grown_network_computes_the_shallow_one_exactly(tmp_path: Path, kind: st
 
 
 def test_grow_errors_name_the_problem_and_leave_the_model_unchanged(tmp_path: Path) -> None:
-    shallow_path = _save(_trained(SHALLOW), tmp_path / "shallow.safetensors")
+    shallow_path = _save(trained_like(SHALLOW), tmp_path / "shallow.safetensors")
     deep_spec = {**SHALLOW, "middle_blk_num": 2}
-    deep_path = _save(_trained(deep_spec, seed=1), tmp_path / "deep.safetensors")
+    deep_path = _save(trained_like(deep_spec, seed=1), tmp_path / "deep.safetensors")
 
     def unchanged(model: torch.nn.Module, load: object, match: str) -> None:
         before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -87,7 +78,7 @@ def test_identity_blocks_are_the_fresh_ones() -> None:
     net = build(SHALLOW)
     assert set(identity_blocks(net)) == {"encoders.0.0", "encoders.1.0", "middle_blks.0", "decoders.0.0",
                                          "decoders.1.0"}
-    assert identity_blocks(_trained(SHALLOW)) == []
+    assert identity_blocks(trained_like(SHALLOW)) == []
 
 
 def _cfg(out: Path, model: dict, *, init: str | None = None, grow: bool = False, lr: float = 1e-3) -> dict:
@@ -102,7 +93,7 @@ def _cfg(out: Path, model: dict, *, init: str | None = None, grow: bool = False,
 def test_train_grow_starts_from_the_shallow_function_and_records_the_added_blocks(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     data = TrainingData(targets=[torch.rand(3, 24, 24, generator=g) for _ in range(3)])
-    start = _save(_trained(SHALLOW), tmp_path / "start.safetensors")
+    start = _save(trained_like(SHALLOW), tmp_path / "start.safetensors")
     deep = {**SHALLOW, "middle_blk_num": 2}
     with pytest.raises(CheckpointMismatchError, match="missing keys: middle_blks.1"):  # strict without grow
         train(config_from_dict(_cfg(tmp_path / "strict", deep, init=str(start))), data=data, progress=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from random_weights import trained_like
 from safetensors.torch import load_file, save_file
 
 from robustir.errors import CheckpointMismatchError, RobustirError
@@ -24,16 +25,6 @@ BASELINE = {"type": "Baseline", "img_channel": 3, "width": 8, "middle_blk_num": 
 INTERMEDIATE = {**BASELINE, "attention": "sca"}
 
 
-def _trained(spec: dict, seed: int = 0) -> torch.nn.Module:
-    """A network whose every weight (the residual scales included) is random, as after training."""
-    torch.manual_seed(seed)
-    net = build(spec)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0.0, 0.3 / max(1, p.shape[1] if p.dim() > 1 else 1) ** 0.5)
-    return net
-
-
 def _batches(n: int, seed: int = 1, size: int = 24) -> list[torch.Tensor]:
     """Noise images of varied per-channel level and contrast, so the pooled features span their space."""
     g = torch.Generator().manual_seed(seed)
@@ -45,7 +36,7 @@ def _batches(n: int, seed: int = 1, size: int = 24) -> list[torch.Tensor]:
 
 
 def test_fit_is_the_least_squares_solution_and_everything_else_is_copied() -> None:
-    source = _trained(BASELINE)
+    source = trained_like(BASELINE)
     target = build(INTERMEDIATE)
     calib = _batches(6)
     seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -81,7 +72,7 @@ def test_fit_is_the_least_squares_solution_and_everything_else_is_copied() -> No
 
 
 def test_transplanted_network_starts_near_the_baseline_function() -> None:
-    source = _trained(BASELINE)
+    source = trained_like(BASELINE)
     target = build(INTERMEDIATE)
     report = transplant_se_to_sca(target, source, _batches(8))
     x = _batches(1, seed=7, size=37)[0]  # held out, odd size (pad and crop)
@@ -97,7 +88,7 @@ def test_transplanted_network_starts_near_the_baseline_function() -> None:
 
 
 def test_relu_target_takes_the_gelu_baseline() -> None:
-    source = _trained(BASELINE)
+    source = trained_like(BASELINE)
     target = build({**INTERMEDIATE, "activation": "relu"})
     transplant_se_to_sca(target, source, _batches(3))
     torch.testing.assert_close(target.state_dict()["middle_blks.0.conv1.weight"],
@@ -105,7 +96,7 @@ def test_relu_target_takes_the_gelu_baseline() -> None:
 
 
 def test_mismatched_pairs_are_errors_that_leave_the_target_unchanged() -> None:
-    source = _trained(BASELINE)
+    source = trained_like(BASELINE)
     cases = [({**INTERMEDIATE, "width": 16}, CheckpointMismatchError, "shapes differ"),
              ({**INTERMEDIATE, "middle_blk_num": 2}, CheckpointMismatchError, "middle_blks.1"),
              ({**INTERMEDIATE, "type": "NAFNet"}, CheckpointMismatchError, "shapes differ")]
@@ -116,7 +107,7 @@ def test_mismatched_pairs_are_errors_that_leave_the_target_unchanged() -> None:
             transplant_se_to_sca(target, source, _batches(1))
         assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
     with pytest.raises(RobustirError, match="no squeeze-excitation"):
-        transplant_se_to_sca(build(INTERMEDIATE), _trained(INTERMEDIATE), _batches(1))
+        transplant_se_to_sca(build(INTERMEDIATE), trained_like(INTERMEDIATE), _batches(1))
     with pytest.raises(RobustirError, match="no calibration inputs"):
         transplant_se_to_sca(build(INTERMEDIATE), source, [])
 
@@ -134,7 +125,7 @@ def _cfg(out: Path, init: str | None, transplant: object) -> dict:
 def test_train_transplant_records_the_fit_and_resumes(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     data = TrainingData(targets=[torch.rand(3, 24, 24, generator=g) for _ in range(3)])
-    source = _trained(BASELINE)
+    source = trained_like(BASELINE)
     start = tmp_path / "baseline.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(start))
     tp = {"from": BASELINE, "batches": 3}
