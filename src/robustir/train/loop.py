@@ -444,7 +444,7 @@ def _init_weights(model: nn.Module, ref: str, *, grow: bool = False) -> dict[str
 
 def _transplant_init(model: Restorer, cfg: TrainConfig, sampler: PatchSampler, device: torch.device
                      ) -> dict[str, Any]:
-    """Start `model` from the Baseline weights `train.init` by `robustir.models.transplant` on the first training batches."""
+    """Start `model` from the Baseline weights `train.init` by transplanting them (first training batches calibrate)."""
     from robustir.experiments.execute import file_sha256, resolve_weights
     from robustir.models import load_weights
     from robustir.models.transplant import transplant_se_to_sca
