@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from robustir.errors import CheckpointMismatchError, RobustirError
 from robustir.models.weights import _short, copy_state
 
+
 @dataclass
 class TransplantReport:
     """What a transplant did: copied tensors, refitted blocks with the R^2 of each fit, calibration samples used."""
@@ -108,8 +109,6 @@ def transplant_se_to_sca(target: nn.Module, source: nn.Module, inputs: Iterable[
 
     fits: dict[str, tuple[Tensor, Tensor, float]] = {}
     for name in src_blocks:
-        if any(p.shape[-1] != pooled[name][0].shape[-1] for p in pooled[name]):
-            raise RobustirError(f"transplant: block {name} saw inputs of varying channel counts")
         p, s = torch.cat(pooled[name]), torch.cat(gates[name])  # (S, C) each
         design = torch.cat([p, torch.ones(len(p), 1, dtype=p.dtype)], dim=1)
         # SVD-based least squares: the minimum-norm fit when the pooled features are collinear (few samples)
@@ -119,12 +118,13 @@ def transplant_se_to_sca(target: nn.Module, source: nn.Module, inputs: Iterable[
         r2 = 1.0 - float(resid.square().sum() / total) if float(total) > 0 else 1.0
         fits[name] = (coef[:-1].T.contiguous(), coef[-1].contiguous(), r2)
 
-    copy_state(target, source.state_dict())
+    src_state = source.state_dict()
+    copy_state(target, src_state)
     for name, (weight, bias, _) in fits.items():
         conv = dst_blocks[name].sca[1]
         conv.weight.copy_(weight.reshape(conv.weight.shape).to(conv.weight.dtype))
         conv.bias.copy_(bias.to(conv.bias.dtype))
-    copied = len(set(target.state_dict()) & set(source.state_dict()))
+    copied = len(src_state.keys() & target.state_dict().keys())
     return TransplantReport(copied=copied, samples=samples, r2={k: v[2] for k, v in fits.items()})
 
 

@@ -270,10 +270,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
         model = model.to(memory_format=torch.channels_last)
     resuming = resume and ckpt_path.exists()
     # on resume the run's own checkpoint holds the weights; the init file need not exist any more
-    init_info = None
-    if cfg.train.init is not None and not resuming:
-        init_info = (_transplant_init(model, cfg, sampler, device) if cfg.train.transplant is not None
-                     else _init_weights(model, cfg.train.init, grow=cfg.train.grow))
+    init_info = _init_weights(model, cfg, sampler, device) if cfg.train.init is not None and not resuming else None
     optimizer = _make_optimizer(cfg, model.parameters())
     ema = ModelEMA(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = build_loss(cfg.loss.type, weight=cfg.loss.weight, eps=cfg.loss.eps)
@@ -426,36 +423,35 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
     return TrainResult(out=out, steps=total, val=last_val, wall_time_s=wall, weights=final)
 
 
-def _init_weights(model: nn.Module, ref: str, *, grow: bool = False) -> dict[str, Any]:
-    """Load the start weights `ref` into `model.net` (strictly, or growing it); return path, sha256, added blocks."""
+def _init_weights(model: Restorer, cfg: TrainConfig, sampler: PatchSampler, device: torch.device) -> dict[str, Any]:
+    """Load `train.init` into `model.net` (strictly, growing it, or transplanting a Baseline); return its record."""
     from robustir.experiments.execute import file_sha256, resolve_weights
     from robustir.models import load_weights
     from robustir.models.grow import load_grown
 
-    path = resolve_weights(ref)
+    assert cfg.train.init is not None
+    path = resolve_weights(cfg.train.init)
     assert path is not None
-    info: dict[str, Any] = {"ref": ref, "path": str(path), "sha256": file_sha256(path)}
-    if grow:
+    info: dict[str, Any] = {"ref": cfg.train.init, "path": str(path), "sha256": file_sha256(path)}
+    if cfg.train.transplant is not None:
+        info["transplant"] = _transplant(model, cfg, path, sampler, device)
+    elif cfg.train.grow:
         info["grown"] = load_grown(model.net, path)
     else:
         load_weights(model.net, path, strict=True)
     return info
 
 
-def _transplant_init(model: Restorer, cfg: TrainConfig, sampler: PatchSampler, device: torch.device
-                     ) -> dict[str, Any]:
-    """Start `model` from the Baseline weights `train.init` by transplanting them (first training batches calibrate)."""
-    from robustir.experiments.execute import file_sha256, resolve_weights
+def _transplant(model: Restorer, cfg: TrainConfig, path: Path, sampler: PatchSampler, device: torch.device
+                ) -> dict[str, Any]:
+    """Transplant the Baseline weights at `path` into `model`, calibrated on the run's first training batches."""
     from robustir.models import load_weights
     from robustir.models.transplant import transplant_se_to_sca
 
     tp = cfg.train.transplant
-    assert tp is not None and cfg.train.init is not None
-    path = resolve_weights(cfg.train.init)
-    assert path is not None
+    assert tp is not None
     source = build_restorer(dict(tp["from"]))
     load_weights(source.net, path, strict=True)
-    source = source.to(device)
     prep = build_batch_prep(cfg.batch, for_eval=True)
     n = int(tp.get("batches", 16))
     steps = StepBatches(sampler, cfg.data, start=0, total=n)
@@ -466,9 +462,8 @@ def _transplant_init(model: Restorer, cfg: TrainConfig, sampler: PatchSampler, d
             ctx = PrepContext(seed=cfg.train.seed, step=i, sample_ids=ids, training=False)
             yield prep(clean.to(device), ctx, inputs=lq.to(device) if lq is not None else None).inputs
 
-    report = transplant_se_to_sca(model, source, calibration())
-    return {"ref": cfg.train.init, "path": str(path), "sha256": file_sha256(path),
-            "transplant": {"from": dict(tp["from"]), **report.as_dict()}}
+    report = transplant_se_to_sca(model, source.to(device), calibration())
+    return {"from": dict(tp["from"]), **report.as_dict()}
 
 
 def lr_curve(cfg: TrainConfig) -> list[float]:

@@ -62,10 +62,9 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
         stages.append({"run": str(run), "steps": current.get("steps"),
                        "seed": current.get("config", {}).get("train", {}).get("seed"),
                        "wall_time_s": round(float(current.get("wall_time_s", math.nan)), 1),
-                       "init": None if init is None else {"ref": init["ref"], "sha256": init["sha256"],
-                                                          **({"grown": init["grown"]} if init.get("grown") else {}),
-                                                          **({"transplant": init["transplant"]}
-                                                             if init.get("transplant") else {})}})
+                       "init": None if init is None else {
+                           "ref": init["ref"], "sha256": init["sha256"],
+                           **{k: init[k] for k in ("grown", "transplant") if init.get(k)}}})
         if init is None:
             break
         card: dict[str, Any] | None = None
