@@ -35,10 +35,12 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         """`(N, L, C) -> (N, L, C)`."""
+        if self.bias is not None:
+            # The fused kernel computes the official formula; the unfused var over a short contiguous channel dim was
+            # the single slowest op of small Restormers (14 % of a training step on CPU).
+            return F.layer_norm(t, t.shape[-1:], self.weight, self.bias, eps=1e-5)
         var = t.var(-1, keepdim=True, unbiased=False)
-        if self.bias is None:
-            return t / torch.sqrt(var + 1e-5) * self.weight
-        return (t - t.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * self.weight + self.bias
+        return t / torch.sqrt(var + 1e-5) * self.weight
 
 
 class LayerNorm(nn.Module):
