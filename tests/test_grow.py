@@ -1,5 +1,5 @@
-"""Growing a trained NAFNet-family network deeper: the shallow checkpoint fills the blocks it has, the added blocks
-start as identities, so the grown network computes exactly the shallow one's function; every other mismatch is an
+"""Growing a trained NAFNet-family or Restormer network deeper: the shallow checkpoint fills the blocks it has, the added
+blocks start as identities (their output scales zeroed), so the grown network computes exactly the shallow one's function; every other mismatch is an
 error that leaves the model unchanged; `train.grow` does it at the start of a run and records the added blocks."""
 
 from __future__ import annotations
@@ -62,16 +62,36 @@ def test_grow_errors_name_the_problem_and_leave_the_model_unchanged(tmp_path: Pa
     unchanged(build(SHALLOW), shallow_path, "nothing to grow")
     partial = {k: v for k, v in build(deep_spec).state_dict().items() if not k.startswith("middle_blks.1.conv4")}
     unchanged(build(deep_spec), partial, r"partly in the checkpoint: middle_blks\.1")
-    # a trained block with nonzero scales is no identity: the missing keys are then not an added block
-    target = build(deep_spec)
+
+
+@pytest.mark.parametrize("kind", ["nafnet_scales_set", "restormer"])
+def test_added_blocks_are_zeroed_into_identities(tmp_path: Path, kind: str) -> None:
+    if kind == "restormer":  # Restormer blocks have no zero-initialised scales: growing zeroes their project_out
+        shallow = {"type": "Restormer", "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+                   "heads": [1, 2, 4, 8]}
+        deep_spec = {**shallow, "num_blocks": [1, 2, 1, 3], "num_refinement_blocks": 2}
+        expect = ["decoder_level2.1", "encoder_level2.1", "latent.1", "latent.2", "refinement.1"]
+    else:  # a NAFNet block whose beta/gamma are not zero (say, copied from elsewhere) is reset to the identity
+        shallow, deep_spec, expect = SHALLOW, {**SHALLOW, "middle_blk_num": 3}, ["middle_blks.1", "middle_blks.2"]
+    start = trained_like(shallow)
+    path = _save(start, tmp_path / "shallow.safetensors")
+    deep = trained_like(deep_spec, seed=5)
+    kept = {k: v.clone() for k, v in deep.state_dict().items() if ".project_out." not in k and "beta" not in k
+            and "gamma" not in k}
+    assert not identity_blocks(deep)
+    assert load_grown(deep, path) == expect
+    assert sorted(identity_blocks(deep)) == expect  # only the added blocks are identities
+    for k, v in kept.items():  # the added blocks keep their own weights except the zeroed output scales
+        if any(k.startswith(b + ".") for b in expect):
+            torch.testing.assert_close(deep.state_dict()[k], v, rtol=0, atol=0)
+    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        target.middle_blks[1].beta.fill_(0.5)
-    unchanged(target, shallow_path, r"outside an added identity block.*middle_blks\.1\.")
-    # Restormer's blocks have no zero-initialised scales: more blocks cannot start as identities
-    small = {"type": "Restormer", "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
-             "heads": [1, 2, 4, 8]}
-    restormer_path = _save(build(small), tmp_path / "restormer.safetensors")
-    unchanged(build({**small, "num_refinement_blocks": 2}), restormer_path, "outside an added identity block")
+        torch.testing.assert_close(deep(x), start(x), rtol=0, atol=0)
+    deep(x).square().mean().backward()  # the zeroed scales get gradients: the added blocks open up at once
+    for b in expect:
+        scales = [p for n, p in deep.named_parameters() if n.startswith(b + ".") and
+                  (".project_out." in n or n.endswith(("beta", "gamma")))]
+        assert scales and all(p.grad is not None and p.grad.abs().sum() > 0 for p in scales)
 
 
 def test_identity_blocks_are_the_fresh_ones() -> None:

@@ -131,9 +131,10 @@ class RunConfig:
         init: start from these weights instead of a random initialisation (fine-tuning): a file path, `shipped:NAME`
             or `data:REL`, anything `robustir.models.load_weights` reads, loaded strictly; ignored on resume, where
             the run's own checkpoint holds the weights.
-        grow: with `init`, the model may be a deeper network of the same width (more NAFNet-family blocks per
-            stage): the init weights fill the blocks they have, the added blocks start as identities (zero
-            beta/gamma), so step 0 computes the init network's function (`robustir.models.grow.load_grown`).
+        grow: with `init`, the model may be a deeper network of the same width (more NAFNet-family or Restormer
+            blocks per stage): the init weights fill the blocks they have, the added blocks start as identities
+            (their beta/gamma or project_out zeroed), so step 0 computes the init network's function
+            (`robustir.models.grow.load_grown`).
         transplant: with `init`, `{from: SPEC, batches: K}`: `init` holds weights of the Baseline `SPEC` (SE
             attention) and the model is its Intermediate (attention `sca`, any activation): every other tensor is
             copied, each block's simplified attention is fitted by least squares to the Baseline's SE outputs on the
