@@ -19,17 +19,16 @@ import torch
 from torch import nn
 
 from robustir.errors import CheckpointMismatchError
+from robustir.models.nafnet import NAFBlock
 from robustir.models.restormer import TransformerBlock
 from robustir.models.weights import _short, check_state_dict, copy_state, read_state_for
-
-_SCALES = ("beta", "gamma")
 
 
 def _output_scales(module: nn.Module) -> list[nn.Parameter] | None:
     """The parameters whose zeroing makes residual block `module` an identity; None when it is no such block."""
-    own = dict(module.named_parameters(recurse=False))
-    if all(s in own for s in _SCALES):
-        return [own[s] for s in _SCALES]
+    # by class, not by parameter names: zeroing a look-alike (a norm layer's gamma/beta) would silently change the model
+    if isinstance(module, NAFBlock):
+        return [module.beta, module.gamma]
     if isinstance(module, TransformerBlock):
         return [*module.attn.project_out.parameters(), *module.ffn.project_out.parameters()]
     return None
