@@ -1,6 +1,7 @@
-"""Growing a trained NAFNet-family or Restormer network deeper: the shallow checkpoint fills the blocks it has, the added
-blocks start as identities (their output scales zeroed), so the grown network computes exactly the shallow one's function; every other mismatch is an
-error that leaves the model unchanged; `train.grow` does it at the start of a run and records the added blocks."""
+"""Growing a trained NAFNet-family or Restormer network deeper: the shallow checkpoint fills the blocks it has, the
+added blocks start as identities (their output scales zeroed), so the grown network computes exactly the shallow one's
+function; every other mismatch is an error that leaves the model unchanged; `train.grow` does it at the start of a run
+and records the added blocks."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def test_grow_errors_name_the_problem_and_leave_the_model_unchanged(tmp_path: Pa
     unchanged(build(SHALLOW), shallow_path, "nothing to grow")
     partial = {k: v for k, v in build(deep_spec).state_dict().items() if not k.startswith("middle_blks.1.conv4")}
     unchanged(build(deep_spec), partial, r"partly in the checkpoint: middle_blks\.1")
+    # a tensor missing outside any residual block cannot start as an identity
+    no_intro = {k: v for k, v in build(deep_spec).state_dict().items() if not k.startswith("intro.")}
+    unchanged(build(deep_spec), no_intro, r"outside an added residual block.*intro\.")
 
 
 @pytest.mark.parametrize("kind", ["nafnet_scales_set", "restormer"])
