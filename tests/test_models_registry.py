@@ -3,6 +3,7 @@ with a finite non-zero input gradient; specs, presets and bad input give one cle
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -181,3 +182,24 @@ def test_parse_spec_from_the_command_line() -> None:
     # a JSON array is not a spec (and does not start with "{", so it is taken as a preset name and fails there)
     with pytest.raises(RobustirError, match="unknown model preset"):
         build(parse_spec("[1, 2]"))
+
+
+def test_parse_spec_reads_a_spec_file_or_a_runs_model_json(tmp_path: Any) -> None:
+    from robustir.models import parse_spec
+
+    spec = {"type": "DnCNN", "in_nc": 1, "out_nc": 1, "nc": 8, "nb": 3}
+    (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    assert parse_spec(str(tmp_path / "spec.json")) == spec
+    # a training run's model.json (and a shipped card) wraps the spec with provenance: the spec is taken out
+    (tmp_path / "model.json").write_text(json.dumps({"spec": spec, "steps": 10, "val": {"psnr": 20.0}}), "utf-8")
+    assert parse_spec(f" {tmp_path / 'model.json'} ") == spec
+    # a spec whose own constructor argument happens to be called "spec" is left alone when it names its type
+    assert parse_spec('{"type": "X", "spec": {"a": 1}}') == {"type": "X", "spec": {"a": 1}}
+    with pytest.raises(RobustirError, match=r"--model: spec file .*missing\.json not found"):
+        parse_spec(str(tmp_path / "missing.json"))
+    (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(RobustirError, match=r"--model file .*list\.json does not hold a JSON object"):
+        parse_spec(str(tmp_path / "list.json"))
+    (tmp_path / "bad.json").write_text('{"type": "DnCNN",', encoding="utf-8")
+    with pytest.raises(RobustirError, match=r"--model file .*bad\.json: not valid JSON"):
+        parse_spec(str(tmp_path / "bad.json"))

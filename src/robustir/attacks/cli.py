@@ -81,7 +81,8 @@ def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channe
 
 @click.command()
 @click.option("--model", "model_spec", required=True,
-              help="Model preset name (see `robustir info`), JSON spec, or shipped:NAME (a shipped checkpoint).")
+              help="Model preset name (see `robustir info`), JSON spec, a .json spec file (a run's model.json), "
+                   "or shipped:NAME (a shipped checkpoint).")
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None, help="Checkpoint to load.")
 @click.option("--attack", "attack_name", default="pgd", show_default=True, help="Attack preset name.")
 @click.option("--eps", default=None, help="Budget, e.g. 8/255 (default: the preset's).")

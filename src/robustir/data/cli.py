@@ -157,7 +157,8 @@ def score(restored: str, reference: str, csv_path: str | None, crop_border: int,
               help="Noise level added after motion blur (0-255).")
 @click.option("--kernel-size", default=15, show_default=True, type=int, help="Motion-blur kernel size.")
 @click.option("--channels", default="keep", show_default=True, type=click.Choice(["keep", "gray", "rgb"]))
-@click.option("--model", default=None, help="Also run a trained restorer: preset name or JSON spec (needs --weights).")
+@click.option("--model", default=None,
+              help="Also run a trained restorer: preset name, JSON spec or .json spec file (needs --weights).")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Checkpoint for --model.")
 @_os_errors
 def demo(out: str, size: int, seed: int, sigma: float, blur_sigma: float, kernel_size: int, channels: str,

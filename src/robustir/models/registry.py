@@ -130,15 +130,33 @@ def list_presets() -> dict[str, Preset]:
 
 
 def parse_spec(text: str, option: str = "--model") -> str | dict[str, Any]:
-    """A command-line model argument -> spec: a JSON object (`{"type": "DnCNN", ...}`) or a preset name as is."""
+    """A command-line model argument -> spec: a JSON object, a `.json` file holding one, or a preset name as is.
+
+    The file may also be a training run's `model.json` or a shipped card, whose network spec sits under "spec".
+    """
+    from pathlib import Path
+
     t = text.strip()
+    source = option
     if not t.startswith("{"):
-        return t
+        if not t.lower().endswith(".json"):
+            return t  # a preset name, checked when resolved
+        path = Path(t).expanduser()
+        if not path.is_file():
+            raise RobustirError(f"{option}: spec file {t} not found")
+        source = f"{option} file {t}"
+        t = path.read_text(encoding="utf-8").strip()
+        if not t.startswith("{"):
+            raise RobustirError(f"{source} does not hold a JSON object")
     try:
-        return json.loads(t)  # starts with "{": an object or an error
+        spec = json.loads(t)  # starts with "{": an object or an error
     except json.JSONDecodeError as exc:
-        raise RobustirError(f"{option}: not valid JSON ({exc.msg} at character {exc.pos}); give a preset name or a "
+        raise RobustirError(f"{source}: not valid JSON ({exc.msg} at character {exc.pos}); give a preset name or a "
                             f"spec object such as '{{\"type\": \"DnCNN\"}}'") from None
+    # a run's model.json or a shipped card wraps the network spec with its provenance
+    if isinstance(spec, dict) and "type" not in spec and "net_type" not in spec and isinstance(spec.get("spec"), dict):
+        spec = spec["spec"]
+    return spec
 
 
 def _preset_hint(name: str) -> str:

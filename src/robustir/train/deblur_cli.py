@@ -27,7 +27,8 @@ def _heldout_options(fn):  # type: ignore[no-untyped-def]
 
 
 @click.command("deblur-eval")
-@click.option("--model", "model_spec", default=None, help="Preset name or JSON spec of the network.")
+@click.option("--model", "model_spec", default=None,
+              help="Preset name, JSON spec, or a .json file holding one (a run's model.json).")
 @click.option("--weights", default=None, help="Weights for --model (safetensors/.pth), loaded strictly.")
 @click.option("--shipped", default=None, help="Name of a shipped deblurring checkpoint (src/robustir/checkpoints).")
 @click.option("--wiener", is_flag=True, help="Also report the oracle-tuned Wiener baseline (true kernel).")
