@@ -200,6 +200,9 @@ def test_parse_spec_reads_a_spec_file_or_a_runs_model_json(tmp_path: Any) -> Non
     (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(RobustirError, match=r"--model file .*list\.json does not hold a JSON object"):
         parse_spec(str(tmp_path / "list.json"))
+    (tmp_path / "weights.json").write_bytes(b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8")  # a pickle named .json
+    with pytest.raises(RobustirError, match=r"--model file .*weights\.json cannot be read as UTF-8 text"):
+        parse_spec(str(tmp_path / "weights.json"))
     (tmp_path / "bad.json").write_text('{"type": "DnCNN",', encoding="utf-8")
     with pytest.raises(RobustirError, match=r"--model file .*bad\.json: not valid JSON"):
         parse_spec(str(tmp_path / "bad.json"))

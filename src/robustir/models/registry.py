@@ -145,7 +145,10 @@ def parse_spec(text: str, option: str = "--model") -> str | dict[str, Any]:
         if not path.is_file():
             raise RobustirError(f"{option}: spec file {t} not found")
         source = f"{option} file {t}"
-        t = path.read_text(encoding="utf-8").strip()
+        try:
+            t = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RobustirError(f"{source} cannot be read as UTF-8 text ({exc})") from None
         if not t.startswith("{"):
             raise RobustirError(f"{source} does not hold a JSON object")
     try:
