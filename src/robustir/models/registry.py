@@ -11,6 +11,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -134,8 +135,6 @@ def parse_spec(text: str, option: str = "--model") -> str | dict[str, Any]:
 
     The file may also be a training run's `model.json` or a shipped card, whose network spec sits under "spec".
     """
-    from pathlib import Path
-
     t = text.strip()
     source = option
     if not t.startswith("{"):
@@ -165,7 +164,6 @@ def parse_spec(text: str, option: str = "--model") -> str | dict[str, Any]:
 def _preset_hint(name: str) -> str:
     """' (did you mean ...?)' for a shipped checkpoint's name or a near-miss preset name, else ''."""
     import difflib
-    from pathlib import Path
 
     if (Path(__file__).resolve().parent.parent / "checkpoints" / f"{name}.json").is_file():
         return f" (that is a shipped checkpoint: use shipped:{name})"

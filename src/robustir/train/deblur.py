@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from robustir.errors import RobustirError
 from robustir.train.batch import derive_seed
-from robustir.train.shipped import CHECKPOINT_DIR, shipped, shipped_card, stage_totals, training_stages
+from robustir.train.shipped import (CHECKPOINT_DIR, load_run, shipped, shipped_card, stage_totals,
+                                     training_stages)
 
 NSR_GRID = tuple(10.0 ** (e / 4) for e in range(-20, -3))  # 1e-5 ... 1e-1 in quarter decades
 BLIND_WIENER_NOTE = ("one isotropic Gaussian kernel for every pair, circular boundary, std and nsr tuned on this "
@@ -234,16 +235,6 @@ def blind_wiener_baseline(data: DeblurSet, *, stds: Sequence[float] = BLIND_STD_
 
 
 # ---------------------------------------------------------------------------------------------------------- shipping
-
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
-    """(model.json, config dict, weights path) of a finished `robustir train` run folder."""
-    run = Path(run_dir)
-    card, weights = run / "model.json", run / "model.safetensors"
-    if not card.is_file() or not weights.is_file():
-        raise RobustirError(f"run_dir: {run} has no finished run (model.json and model.safetensors expected)")
-    meta = json.loads(card.read_text(encoding="utf-8"))
-    return meta, meta.get("config", {}), weights
-
 
 def _describe_training(config: dict[str, Any]) -> tuple[str, str]:
     """Human-readable data and degradation lines for the card, from the run's config."""

@@ -112,6 +112,16 @@ def shipped(name: str, *, wrap: bool = True, folder: str | Path | None = None) -
     return restorer(net) if wrap else net
 
 
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """(model.json, config dict, weights path) of a finished `robustir train` run folder."""
+    run = Path(run_dir)
+    card, weights = run / "model.json", run / "model.safetensors"
+    if not card.is_file() or not weights.is_file():
+        raise RobustirError(f"run_dir: {run} has no finished run (model.json and model.safetensors expected)")
+    meta = json.loads(card.read_text(encoding="utf-8"))
+    return meta, meta.get("config", {}), weights
+
+
 def _denoise_scores(model: nn.Module, images: list, sigma: float, seed: int) -> dict[str, Any]:
     """Mean and per-image PSNR/SSIM of `model` on `images` with seeded Gaussian noise of `sigma` (0-255), 8-bit
     outputs."""
@@ -147,11 +157,7 @@ def ship_denoiser(run_dir: str | Path, name: str, *, command: str, sigma: float 
     if not name or any(c in name for c in "/\\ "):
         raise RobustirError(f"name: expected a plain file stem like 'dncnn_s25_small', got {name!r}")
     run = Path(run_dir)
-    meta_path, weights_path = run / "model.json", run / "model.safetensors"
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise RobustirError(f"run_dir: {run} has no finished run (model.json and model.safetensors expected)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    config = meta["config"]
+    meta, config, weights_path = load_run(run)
     spec = meta["spec"]
     state = load_file(str(weights_path))
     model = restorer(spec, weights=state)
