@@ -211,6 +211,12 @@ def test_ship_run_writes_loadable_checkpoint_and_card(tmp_path: Path, spec: dict
         load_shipped("missing", dest=tmp_path / "ckpt")
     with pytest.raises(RobustirError, match="no finished run"):
         ship_run(tmp_path / "empty", "x", command="c", data=data)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"")
+    (broken / "model.json").write_text('{"spec": {"type": "NAFNet"', encoding="utf-8")  # cut off mid-write
+    with pytest.raises(RobustirError, match=r"model\.json is not a readable model\.json"):
+        ship_run(broken, "x", command="c", data=data)
 
 
 # ----------------------------------------------------------------------------------------- the shipped checkpoints

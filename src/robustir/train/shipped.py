@@ -82,7 +82,7 @@ def training_stages(run_dir: str | Path, meta: dict[str, Any]) -> list[dict[str,
                                 f"differs); cannot describe how it was trained")
         if card is not None:
             return [dict(st) for st in card["stages"]] + stages[::-1]
-        run, current = start.parent, json.loads((start.parent / "model.json").read_text(encoding="utf-8"))
+        run, current = start.parent, load_run(start.parent)[0]
         if len(stages) > 100:
             raise RobustirError(f"{run_dir}: train.init chain longer than 100 runs (a cycle?)")
     return stages[::-1]
@@ -118,7 +118,13 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], Path]
     card, weights = run / "model.json", run / "model.safetensors"
     if not card.is_file() or not weights.is_file():
         raise RobustirError(f"run_dir: {run} has no finished run (model.json and model.safetensors expected)")
-    meta = json.loads(card.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(card.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RobustirError(f"run_dir: {card} is not a readable model.json ({exc}); was the run interrupted while "
+                            f"writing it?") from None
+    if not isinstance(meta, dict):
+        raise RobustirError(f"run_dir: {card} does not hold a JSON object")
     return meta, meta.get("config", {}), weights
 
 
