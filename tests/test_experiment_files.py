@@ -15,7 +15,7 @@ FILES = Path(__file__).resolve().parents[1] / "experiments"
 EXPECTED = {
     "demo.yaml": 2 * 4 * 3 + 2 * (3 * 2) * 4,
     "paper000_table2.yaml": 4 * (5 * 2) * 6,
-    "paper000_table2_deep.yaml": 4 * (10 * 8) * 6,
+    "paper000_table2_deep.yaml": 5 * (10 * 8) * 6,
     "paper001_table1.yaml": 3 * 2 * (5 * 8) * 6,
     "paper002_table1.yaml": 1 * 12 * 1,
     "paper002_table2_normal.yaml": 1 * 12 * 2,
