@@ -184,7 +184,7 @@ def test_output_folder_of_another_experiment_is_refused(workspace: Path) -> None
     first = load_experiment(_experiment(workspace), output=str(out))
     run_experiment(first, progress=False, max_batches=1)
     other = load_experiment(_experiment(workspace, seed=4), output=str(out))
-    with pytest.raises(RobustirError, match="holds results of a different experiment"):
+    with pytest.raises(RobustirError, match="holds results of another version of this experiment"):
         run_experiment(other, progress=False)
     summary = run_experiment(other, progress=False, force=True, max_batches=1)
     assert summary.skipped == 0
@@ -299,3 +299,78 @@ def test_attack_speed_options_in_experiment_files(workspace: Path) -> None:
     typo = {"x": {"preset": "pgd", "params": {"eps": ["4/255", "8/255"], "stepz": 3}}}
     with pytest.raises(RobustirError, match="attacks.x.params: .*unknown option.*stepz"):
         load_experiment(_experiment(workspace, attacks=typo, transfer=[]), output=str(workspace / "run_bad"))
+
+
+def _models(**extra: dict) -> dict:
+    return {"a": {"spec": TINY, "weights": "tiny0.safetensors", "label": "A"},
+            "b": {"spec": {**TINY, "nb": 4}, "weights": "tiny1.safetensors", "label": "B", "craft": False}, **extra}
+
+
+_C = {"spec": {**TINY, "nb": 4}, "weights": "tiny1.safetensors", "label": "C"}
+
+
+def _artifact_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "artifacts").rglob("*.*")}
+
+
+def _fresh(workspace: Path, path: Path, name: str) -> Path:
+    exp = load_experiment(path, output=str(workspace / name))
+    run_experiment(exp, progress=False)
+    return exp.output
+
+
+def test_extend_runs_only_the_added_model_and_equals_a_fresh_run(workspace: Path) -> None:
+    v1, v2 = _experiment(workspace), _experiment(workspace, models=_models(c=_C))
+    out = workspace / "extended"
+    assert run_experiment(load_experiment(v1, output=str(out)), progress=False).executed == 12
+    with pytest.raises(RobustirError, match="another version of this experiment.*--extend"):
+        run_experiment(load_experiment(v2, output=str(out)), progress=False)
+    summary = run_experiment(load_experiment(v2, output=str(out)), progress=False, extend=True)
+    assert (summary.total_jobs, summary.skipped, summary.executed, summary.dropped) == (24, 12, 12, 0)
+    ref = _fresh(workspace, v2, "fresh_v2")
+    assert _dump(out) == _dump(ref)
+    assert _artifact_bytes(out) == _artifact_bytes(ref)
+    # and back: removing the model drops its 12 jobs and their artifacts, leaving exactly a fresh v1 run
+    summary = run_experiment(load_experiment(v1, output=str(out)), progress=False, extend=True)
+    assert (summary.skipped, summary.executed, summary.dropped) == (12, 0, 12)
+    ref1 = _fresh(workspace, v1, "fresh_v1")
+    assert _dump(out) == _dump(ref1)
+    assert _artifact_bytes(out) == _artifact_bytes(ref1)
+
+
+def test_extend_recomputes_renamed_models_and_changed_metrics(workspace: Path) -> None:
+    out = workspace / "renamed"
+    run_experiment(load_experiment(_experiment(workspace), output=str(out)), progress=False)
+    models = _models()
+    renamed = _experiment(workspace, models={"a2": models["a"], "b": models["b"]},
+                          transfer=[{"source": "a2", "targets": ["b"]}])
+    summary = run_experiment(load_experiment(renamed, output=str(out)), progress=False, extend=True)
+    # same weights, so the same keys, but rows under the old id would mislabel the report
+    assert (summary.skipped, summary.executed, summary.dropped) == (0, 12, 12)
+    assert _dump(out) == _dump(_fresh(workspace, renamed, "fresh_renamed"))
+    fewer = _experiment(workspace, models={"a2": models["a"], "b": models["b"]},
+                        transfer=[{"source": "a2", "targets": ["b"]}], metrics=["psnr"])
+    summary = run_experiment(load_experiment(fewer, output=str(out)), progress=False, extend=True)
+    assert (summary.skipped, summary.executed, summary.dropped) == (0, 12, 12)
+    with ResultsDB(out / "results.sqlite") as db:
+        assert {r["metric"] for r in db.rows()} == {"psnr"}
+
+
+def test_extend_refuses_another_experiment_and_results_of_another_code_version_are_dropped(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = workspace / "versions"
+    path = _experiment(workspace)
+    run_experiment(load_experiment(path, output=str(out)), progress=False)
+    other = _experiment(workspace, name="another-sweep", seed=4)
+    with pytest.raises(RobustirError, match="a different experiment .*--force"):
+        run_experiment(load_experiment(other, output=str(out)), progress=False, extend=True)
+    # the same file under a new robustir version: every key changes, and the old rows must not linger beside the new
+    import robustir
+
+    monkeypatch.setattr(robustir, "__version__", robustir.__version__ + ".post1")
+    summary = run_experiment(load_experiment(path, output=str(out)), progress=False)
+    assert (summary.skipped, summary.executed, summary.dropped) == (0, 12, 12)
+    with ResultsDB(out / "results.sqlite") as db:
+        assert len(db.finished_keys()) == 12
+        assert len(db.rows()) == 12 * 2 * 3  # evaluated on a and b, three metrics each
+    assert _dump(out) == _dump(_fresh(workspace, path, "fresh_post1"))

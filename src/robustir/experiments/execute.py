@@ -236,7 +236,7 @@ def prepare(exp: Experiment) -> Context:
                                    "label": a.label or a.id, "paper_label": a.paper_label or a.label or a.id}
                             for a in exp.attacks},
                 "transfer": [{"source": t.source, "targets": list(t.targets)} for t in exp.transfer],
-                "metrics": list(exp.metrics), "jobs": len(jobs)}
+                "metrics": list(exp.metrics), "quantize": exp.quantize, "jobs": len(jobs)}
     ctx = Context(exp, device, items, jobs, fingerprints, snapshot)
     ctx._images, ctx._inputs, ctx._kernels, ctx._models = images, inputs, kernels, models
     return ctx

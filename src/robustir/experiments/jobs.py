@@ -91,6 +91,8 @@ def expand_jobs(exp: Experiment, items: Mapping[str, Sequence[Item]], fingerprin
                             "item": item.name, "attack": {"preset": attack.preset, "params": params,
                                                           "target": attack.target},
                             "target": None if tgt is None else ds_items[tgt].name, "seed": exp.seed,
+                            # what a job records, so a kept job never lacks a metric or mixes quantisations
+                            "metrics": list(exp.metrics), "quantize": exp.quantize,
                         }
                         key = stable_hash(payload)
                         eps_free = {k: v for k, v in params.items() if k != "eps"}

@@ -3,6 +3,11 @@
 Only the driver writes: artifacts first (atomically, at paths derived from the job key), then the job's rows in one
 database transaction. A kill at any moment loses at most the batches in flight; re-running recomputes exactly those
 (batches are planned from the full job list, so their contents never depend on what had finished).
+
+The database always describes the current job list exactly: recorded jobs the experiment no longer holds (a
+removed model, retrained weights, another code version) are deleted before anything runs, so a report never mixes
+them in. `extend=True` accepts an edited version of the same experiment (same name) in the output folder and keeps
+the jobs it still holds, so adding a model, an attack or an image runs only the new jobs.
 """
 
 from __future__ import annotations
@@ -36,25 +41,45 @@ class RunSummary:
     executed: int
     seconds: float
     compute_seconds: float
+    dropped: int = 0
 
 
-def _check_output(exp: Experiment, force: bool) -> None:
-    """Refuse an output folder holding another experiment's results (unless `force`, which clears it)."""
+def _check_output(exp: Experiment, force: bool, extend: bool) -> None:
+    """Refuse an output folder holding another experiment's results (unless `force`, which clears it, or `extend`
+    for an edited version of the same experiment, whose still-valid jobs `_drop_stale` keeps)."""
     db_path = exp.output / DB_NAME
     if not db_path.exists():
         return
     with ResultsDB(db_path) as db:
         existing = db.get_meta("fingerprint")
         other_name = db.get_meta("experiment")
-    if existing == exp.fingerprint():
+    if existing == exp.fingerprint() or (extend and other_name == exp.name and not force):
         return
     if not force:
-        raise RobustirError(f"output folder {exp.output} holds results of a different experiment "
-                            f"({other_name!r}, fingerprint {existing}); use another output folder or --force to "
-                            f"discard them")
+        what, hint = ("another version of this experiment", "--extend to keep the jobs this version still holds, "
+                      "or --force to discard them") if other_name == exp.name else \
+            ("a different experiment", "or --force to discard them")
+        raise RobustirError(f"output folder {exp.output} holds results of {what} ({other_name!r}, fingerprint "
+                            f"{existing}); use another output folder, {hint}")
     for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
         (exp.output / name).unlink(missing_ok=True)
     shutil.rmtree(exp.output / "artifacts", ignore_errors=True)
+
+
+def _drop_stale(out_dir: Path, db: ResultsDB, jobs: Sequence[Job]) -> int:
+    """Delete recorded jobs that `jobs` lacks or holds under other ids (a renamed model), with their artifacts.
+
+    Artifact folders of keys outside `jobs` go too (a run killed between the deletion and this cleanup leaves some).
+    """
+    wanted = {j.key: (j.model, j.item.dataset, j.item.name, j.attack, json.dumps(dict(j.params), sort_keys=True),
+                      tuple(sorted(j.eval_models))) for j in jobs}
+    stale = [k for k, ident in db.job_identities().items() if wanted.get(k) != ident]
+    dropped = db.drop_jobs(stale) if stale else 0
+    artifacts = out_dir / "artifacts"
+    for folder in artifacts.iterdir() if artifacts.is_dir() else ():
+        if folder.name not in wanted or folder.name in stale:
+            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    return dropped
 
 
 def _write_outputs(out_dir: Path, db: ResultsDB, outputs: Sequence[BatchOutput], done: set[str]) -> int:
@@ -104,7 +129,7 @@ def _ray_batches(exp: Experiment, batches: Sequence[Sequence[Job]], address: str
 
 
 def run_experiment(exp: Experiment, *, backend: str = "local", address: str | None = None, force: bool = False,
-                   progress: bool = True, max_batches: int | None = None) -> RunSummary:
+                   extend: bool = False, progress: bool = True, max_batches: int | None = None) -> RunSummary:
     """Run (or resume) an experiment into its output folder and return a summary.
 
     Args:
@@ -112,6 +137,8 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
         backend: 'local' (in-process) or 'ray'.
         address: Ray cluster address (None starts a local instance).
         force: discard results of a different experiment found in the output folder.
+        extend: the output folder may hold an earlier version of this experiment (same name): keep its jobs that
+            this version still holds (same key: same weights, data, attack, seed and metrics), drop the rest.
         progress: show a progress bar.
         max_batches: stop after this many batches (for tests and partial runs).
     """
@@ -119,7 +146,7 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
         raise RobustirError(f"backend must be 'local' or 'ray', got {backend!r}")
     t0 = time.perf_counter()
     exp.output.mkdir(parents=True, exist_ok=True)
-    _check_output(exp, force)
+    _check_output(exp, force, extend)
     remove_stale_temps(exp.output)  # left by a run killed in the middle of an atomic write
     ctx = prepare(exp)
     jobs = ctx.jobs
@@ -128,6 +155,7 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
                      "paper": exp.paper or "",
                      # insertion order kept: reports list models and attacks in the file's order
                      "config": json.dumps(ctx.config_snapshot, default=str)})
+        dropped = _drop_stale(exp.output, db, jobs)
         finished = db.finished_keys()
         batches = [b for b in plan_batches(jobs, exp.batch_size) if any(j.key not in finished for j in b)]
         if max_batches is not None:
@@ -146,4 +174,4 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
         finally:
             bar.close()
     atomic_write_text(exp.output / "experiment.json", json.dumps(ctx.config_snapshot, indent=2, default=str))
-    return RunSummary(exp.output, len(jobs), skipped, executed, time.perf_counter() - t0, compute)
+    return RunSummary(exp.output, len(jobs), skipped, executed, time.perf_counter() - t0, compute, dropped)
