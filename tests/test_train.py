@@ -104,6 +104,37 @@ def test_yaml_loading_overrides_and_shipped_configs(tmp_path: Path) -> None:
         build_restorer(c.model)
 
 
+def test_base_configs_merge_section_by_section_and_refuse_cycles(tmp_path: Path) -> None:
+    import yaml
+
+    raw = tiny_config(tmp_path)
+    raw["batch"] = [{"type": "noise", "sigma": 25}, {"type": "noise", "sigma": 5}]
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "sub").mkdir()
+    child = {"base": "../parent.yaml", "model": {"type": "DnCNN", "in_nc": 1, "out_nc": 1, "nc": 4, "nb": 2},
+             "train": {"steps": 7}, "batch": [{"type": "noise", "sigma": 15}]}
+    (tmp_path / "sub" / "child.yaml").write_text(yaml.safe_dump(child))
+    (tmp_path / "grandchild.yaml").write_text("base: sub/child.yaml\noptim: {lr: 5.0e-4}\n")
+    cfg = load_config(tmp_path / "grandchild.yaml", {"train.seed": 9})
+    parent = load_config(tmp_path / "parent.yaml")
+    assert cfg.model == child["model"]  # replaced whole: no key of the parent's spec leaks in
+    assert cfg.batch == child["batch"]
+    assert (cfg.train.steps, cfg.train.seed, cfg.optim.lr) == (7, 9, pytest.approx(5e-4))
+    # every key the chain does not set is the parent's
+    assert (cfg.optim.type, cfg.loss, cfg.data, cfg.train.out) == (parent.optim.type, parent.loss, parent.data,
+                                                                  parent.train.out)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(RobustirError, match="makes a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(RobustirError, match="missing.yaml \\(the base of .*orphan.yaml\\)"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "listed.yaml").write_text("base: [parent.yaml]\n")
+    with pytest.raises(RobustirError, match="base must be the path of another config file"):
+        load_config(tmp_path / "listed.yaml")
+
+
 # ------------------------------------------------------------------------------------------------------------ losses
 
 def test_losses_match_references() -> None:

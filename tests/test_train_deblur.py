@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from robustir.degradations import blur, gaussian_kernel, motion_kernel
 from robustir.errors import RobustirError
-from robustir.train import PrepContext, build_batch_prep, config_from_dict
+from robustir.train import PrepContext, build_batch_prep
+from robustir.train.config import load_config
 from robustir.train.deblur import (CHECKPOINT_DIR, blind_wiener_baseline, evaluate_deblur, heldout_set,
                                    identity_scores, load_shipped, make_deblur_set, ship_run, shipped_table,
                                    wiener_baseline, wiener_model)
@@ -44,13 +44,13 @@ def motion_kernels(n: int, size: int = 9, seed: int = 0) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_deblur_configs_are_valid(path: Path) -> None:
-    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    cfg = load_config(path)  # with its base: chain
     assert cfg.data.train == "bsds400" and cfg.data.channels == 3
     assert cfg.val.dataset == "cbsd68"
 
 
 def test_deblur_batch_prep_is_blur_plus_small_noise_and_deterministic(data_root: Path) -> None:
-    cfg = config_from_dict(yaml.safe_load(CONFIGS[0].read_text(encoding="utf-8")))
+    cfg = load_config(CONFIGS[0])
     prep = build_batch_prep(cfg.batch)
     clean = torch.stack(smooth_images(16, 48, seed=1))
     ctx = PrepContext(seed=3, step=0, sample_ids=torch.arange(100, 116))

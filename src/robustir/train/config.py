@@ -12,6 +12,10 @@ schedule: {type: multistep, milestones: [3000], gamma: 0.2}
 train: {steps: 6000, seed: 0, out: runs/dncnn, ckpt_every: 200}
 val:   {dataset: set12, every: 1000, sigma: 25}
 ```
+
+A file may start from another one with `base: other.yaml` (relative to the file; chains allowed, cycles refused):
+its sections are merged key by key into the base's (so `train: {steps: 30000, out: runs/x}` keeps the base's seed
+and amp), except `model` and `batch`, which replace the base's whole (a spec or a pipeline is one thing).
 """
 
 from __future__ import annotations
@@ -357,19 +361,50 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config file, apply dotted-key overrides (`{"train.steps": 10}`) and validate it."""
+_WHOLE_SECTIONS = ("model", "batch")
+
+
+def _merge_base(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """`own` over `base`: mapping sections merged key by key, `model`/`batch` and non-mappings replaced whole."""
+    out = dict(base)
+    for key, value in own.items():
+        if key not in _WHOLE_SECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _read_config_file(p: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's top-level mapping with its `base:` chain merged in."""
     import yaml
 
-    p = Path(path)
     if not p.is_file():
-        raise RobustirError(f"config file not found: {p}")
+        where = f" (the base of {chain[-1]})" if chain else ""
+        raise RobustirError(f"config file not found: {p}{where}")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise RobustirError(f"config file {p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise RobustirError(f"config file {p}: expected a mapping at top level, got {type(raw).__name__}")
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise RobustirError(f"config file {p}: base must be the path of another config file, got {base!r}")
+    base_path = (p.parent / base).resolve()
+    here = (*chain, p.resolve())
+    if base_path in here:
+        raise RobustirError(f"config file {p}: base {base!r} makes a cycle: "
+                            + " -> ".join(str(c) for c in (*here, base_path)))
+    return _merge_base(_read_config_file(base_path, here), raw)
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config file (and its `base:` chain), apply dotted-key overrides (`{"train.steps": 10}`), validate."""
+    p = Path(path)
+    raw = _read_config_file(p)
     for key, value in (overrides or {}).items():
         node = raw
         parts = key.split(".")
