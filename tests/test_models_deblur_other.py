@@ -115,6 +115,28 @@ def test_deblurganv2_restorer_reproduces_predict_padding(data_root: Path) -> Non
     assert torch.allclose(out, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["FPNMobileNet", "FPNInception"])
+def test_deblurganv2_pad_multiple_pads_only_to_the_next_multiple_of_32(kind: str) -> None:
+    spec = SMALL.get(kind, {"type": "FPNInception", "num_filters": 8, "num_filters_fpn": 16, "width_mult": 0.0625})
+    torch.manual_seed(0)
+    nets = {pad: build({**spec, "pad": pad}).eval() for pad in ("multiple", "predict")}
+    nets["predict"].load_state_dict(nets["multiple"].state_dict(), strict=True)  # not a weight: either loads
+    seen: dict[str, list[tuple[int, ...]]] = {"multiple": [], "predict": []}
+    for pad, net in nets.items():
+        net.register_forward_pre_hook(lambda module, args, pad=pad: seen[pad].append(tuple(args[0].shape[-2:])))
+    low = nets["multiple"].min_size
+    img = torch.rand(1, 3, low, low + 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = restorer(nets["multiple"])(img)  # a multiple of 32 goes in as it is, as the official trainer's crops do
+        assert torch.equal(out, (nets["multiple"](img * 2 - 1) + 1) / 2)
+        restorer(nets["multiple"])(img[..., : low - 5, : low + 1])
+        restorer(nets["predict"])(img)
+    assert seen["multiple"] == [(low, low + 32)] * 3
+    assert seen["predict"] == [(low + 32, low + 64)]  # predict.py adds a whole block even on a multiple of 32
+    with pytest.raises(RobustirError, match="pad must be one of"):
+        build({**spec, "pad": "reflect"})
+
+
 def test_dwdn_does_not_modify_callers_kernel_and_normalises(data_root: Path) -> None:
     case, folder = _case(data_root, "dwdn")
     net = _fixture_net(case, folder)

@@ -24,6 +24,7 @@ from robustir.models.inception_resnet_v2 import InceptionResNetV2
 from robustir.models.registry import CallConvention, register_model, register_preset
 
 _NORM_STATS = ("running", "per_image")
+_PADS = ("predict", "multiple")
 
 
 class _PerImageMixin:
@@ -215,15 +216,22 @@ class InceptionFPN(nn.Module):
         return F.pad(self.lateral0(enc0), (0, 1, 0, 1), mode="reflect"), map1, map2, map3, map4
 
 
+def _padded_size(n: int, pad: str, low: int) -> int:
+    """predict.py's ((n // 32) + 1) * 32 (a whole extra block even when n is a multiple), or the next multiple."""
+    return max((n // 32 + 1) * 32 if pad == "predict" else -(-n // 32) * 32, low)
+
+
 def _deblurgan_adapter(net: nn.Module, y: Tensor, sigma: Tensor | None, kernel: Tensor | None) -> Tensor:
     """predict.py's pipeline on [0,1] input: map to [-1,1], zero-pad bottom/right to ((h//32)+1)*32, run, map back.
 
-    Sizes are raised to the generator's `min_size` (128 for FPNInception, on which the official code fails below it).
+    With the generator's `pad="multiple"`, sizes are padded only up to the next multiple of 32 (none for the square
+    crops the official trainer feeds). Sizes are raised to the generator's `min_size` (128 for FPNInception, on which
+    the official code fails below it).
     """
     h, w = y.shape[-2:]
-    low = getattr(net, "min_size", 32)
+    low, pad = getattr(net, "min_size", 32), getattr(net, "pad", "predict")
     x = y * 2 - 1
-    x = F.pad(x, (0, max((w // 32 + 1) * 32, low) - w, 0, max((h // 32 + 1) * 32, low) - h))
+    x = F.pad(x, (0, _padded_size(w, pad, low) - w, 0, _padded_size(h, pad, low) - h))
     return (net(x) + 1) / 2  # the restorer crops to (h, w)
 
 
@@ -233,9 +241,12 @@ class _FPNGenerator(nn.Module):
     min_size = 32
 
     def __init__(self, *, fpn: Callable[[], nn.Module], norm_layer: str, output_ch: int, num_filters: int,
-                 num_filters_fpn: int, pretrained: bool, norm_stats: str) -> None:
+                 num_filters_fpn: int, pretrained: bool, norm_stats: str, pad: str) -> None:
         super().__init__()
         name = type(self).__name__
+        if pad not in _PADS:
+            raise RobustirError(f"{name}: pad must be one of {_PADS}, got {pad!r}")
+        self.pad = pad
         if pretrained:
             raise RobustirError(f"{name}: pretrained=True would load ImageNet backbone weights; robustir never "
                                 f"downloads. Build with pretrained=False and load a checkpoint with load_weights()")
@@ -304,19 +315,23 @@ class FPNMobileNet(_FPNGenerator):
         pretrained: must be False: nothing is downloaded; load released weights with `load_weights`.
         norm_stats: 'running' (PyTorch default behaviour) or 'per_image' (the official predict.py train-mode
             inference, per image, without updating running buffers).
+        pad: what the uniform restorer pads [0,1] images to: 'predict' (predict.py's ((h // 32) + 1) * 32, a whole
+            extra 32-pixel band even on a multiple of 32) or 'multiple' (the next multiple of 32: none on the
+            official trainer's 256x256 crops, so training on crops sees no padding band). Not a weight: a checkpoint
+            loads under either.
 
     `forward(x)`: x `(N, 3, H, W)` in [-1,1], H and W multiples of 32; returns `clamp(tanh(final) + x, -1, 1)`.
     """
 
     def __init__(self, *, norm_layer: str = "instance", output_ch: int = 3, num_filters: int = 64,
                  num_filters_fpn: int = 128, width_mult: float = 1.0, last_channel: int | None = None,
-                 pretrained: bool = False, norm_stats: str = "running") -> None:
+                 pretrained: bool = False, norm_stats: str = "running", pad: str = "predict") -> None:
         if int(16 * width_mult) < 1:
             raise RobustirError(f"FPNMobileNet: width_mult={width_mult} leaves a backbone stage with no channels")
         super().__init__(fpn=lambda: FPN(num_filters=num_filters_fpn, norm_layer=norm_layer, width_mult=width_mult,
                                          last_channel=last_channel),
                          norm_layer=norm_layer, output_ch=output_ch, num_filters=num_filters,
-                         num_filters_fpn=num_filters_fpn, pretrained=pretrained, norm_stats=norm_stats)
+                         num_filters_fpn=num_filters_fpn, pretrained=pretrained, norm_stats=norm_stats, pad=pad)
 
 
 @register_model("FPNInception", task="deblur",
@@ -335,6 +350,7 @@ class FPNInception(_FPNGenerator):
             `load_weights`.
         norm_stats: 'running' or 'per_image' (predict.py's train-mode inference; applies to the backbone
             BatchNorms too).
+        pad: 'predict' or 'multiple', as for `FPNMobileNet`.
 
     The official FPN freezes the backbone's parameters at construction (training unfreezes it later); robustir
     leaves them trainable. `forward(x)`: x `(N, 3, H, W)` in [-1,1], H and W multiples of 32 and at least 128 (the
@@ -345,14 +361,14 @@ class FPNInception(_FPNGenerator):
 
     def __init__(self, *, norm_layer: str = "instance", output_ch: int = 3, num_filters: int = 128,
                  num_filters_fpn: int = 256, width_mult: float = 1.0, pretrained: bool = False,
-                 norm_stats: str = "running") -> None:
+                 norm_stats: str = "running", pad: str = "predict") -> None:
         if not 0 < width_mult <= 1:
             raise RobustirError(f"FPNInception: width_mult must be in (0, 1] (1 = the released backbone), "
                                 f"got {width_mult}")
         super().__init__(fpn=lambda: InceptionFPN(num_filters=num_filters_fpn, norm_layer=norm_layer,
                                                   width_mult=width_mult),
                          norm_layer=norm_layer, output_ch=output_ch, num_filters=num_filters,
-                         num_filters_fpn=num_filters_fpn, pretrained=pretrained, norm_stats=norm_stats)
+                         num_filters_fpn=num_filters_fpn, pretrained=pretrained, norm_stats=norm_stats, pad=pad)
 
 
 register_preset("deblurganv2-fpn-mobilenet", {"type": "FPNMobileNet"},
