@@ -345,7 +345,7 @@ def test_extend_recomputes_renamed_models_and_changed_metrics(workspace: Path) -
     renamed = _experiment(workspace, models={"a2": models["a"], "b": models["b"]},
                           transfer=[{"source": "a2", "targets": ["b"]}])
     summary = run_experiment(load_experiment(renamed, output=str(out)), progress=False, extend=True)
-    # same weights, so the same keys, but rows under the old id would mislabel the report
+    # same weights, but rows under the old id would mislabel the report: the id is part of the key
     assert (summary.skipped, summary.executed, summary.dropped) == (0, 12, 12)
     assert _dump(out) == _dump(_fresh(workspace, renamed, "fresh_renamed"))
     fewer = _experiment(workspace, models={"a2": models["a"], "b": models["b"]},

@@ -105,15 +105,6 @@ class ResultsDB:
         """Keys of all finished jobs."""
         return {r[0] for r in self.conn.execute("SELECT job_key FROM jobs")}
 
-    def job_identities(self) -> dict[str, tuple[str, str, str, str, str, tuple[str, ...]]]:
-        """Each finished job's (model, dataset, item, attack, params JSON, sorted evaluated models), by key."""
-        evals: dict[str, set[str]] = {}
-        for key, model in self.conn.execute("SELECT job_key, eval_model FROM metrics"):
-            evals.setdefault(key, set()).add(model)
-        return {k: (m, d, i, a, p, tuple(sorted(evals.get(k, ()))))
-                for k, m, d, i, a, p in self.conn.execute("SELECT job_key, model, dataset, item, attack, params "
-                                                          "FROM jobs")}
-
     def drop_jobs(self, keys: Iterable[str]) -> int:
         """Delete these jobs and their metric and loss rows in one transaction; returns how many were deleted."""
         keys = [(k,) for k in keys]

@@ -91,8 +91,10 @@ def expand_jobs(exp: Experiment, items: Mapping[str, Sequence[Item]], fingerprin
                             "item": item.name, "attack": {"preset": attack.preset, "params": params,
                                                           "target": attack.target},
                             "target": None if tgt is None else ds_items[tgt].name, "seed": exp.seed,
-                            # what a job records, so a kept job never lacks a metric or mixes quantisations
+                            # what a job records (so a kept job never lacks a metric or mixes quantisations)
+                            # and the ids its rows carry (so a renamed model is a new job, not a mislabelled one)
                             "metrics": list(exp.metrics), "quantize": exp.quantize,
+                            "ids": [model.id, data.id, attack.id, list(eval_models)],
                         }
                         key = stable_hash(payload)
                         eps_free = {k: v for k, v in params.items() if k != "eps"}

@@ -67,17 +67,17 @@ def _check_output(exp: Experiment, force: bool, extend: bool) -> None:
 
 
 def _drop_stale(out_dir: Path, db: ResultsDB, jobs: Sequence[Job]) -> int:
-    """Delete recorded jobs that `jobs` lacks or holds under other ids (a renamed model), with their artifacts.
+    """Delete recorded jobs whose keys `jobs` lacks, and artifact folders of such keys; returns the jobs deleted.
 
-    Artifact folders of keys outside `jobs` go too (a run killed between the deletion and this cleanup leaves some).
+    Keys hash everything a job's rows depend on, ids included, so a renamed model's jobs are stale too. Artifact
+    folders are swept by name, which also removes those a run killed after the deletion left behind.
     """
-    wanted = {j.key: (j.model, j.item.dataset, j.item.name, j.attack, json.dumps(dict(j.params), sort_keys=True),
-                      tuple(sorted(j.eval_models))) for j in jobs}
-    stale = [k for k, ident in db.job_identities().items() if wanted.get(k) != ident]
+    wanted = {j.key for j in jobs}
+    stale = db.finished_keys() - wanted
     dropped = db.drop_jobs(stale) if stale else 0
     artifacts = out_dir / "artifacts"
     for folder in artifacts.iterdir() if artifacts.is_dir() else ():
-        if folder.name not in wanted or folder.name in stale:
+        if folder.name not in wanted:
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
     return dropped
 
