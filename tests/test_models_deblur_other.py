@@ -103,6 +103,39 @@ def test_deblurganv2_predict_mode_norm_statistics(data_root: Path) -> None:
     assert (y_eval - load_file(folder / "output.safetensors")["y"]).abs().max().item() <= case["atol"]
 
 
+@pytest.mark.parametrize("kind", ["FPNMobileNet", "FPNInception"])
+def test_deblurganv2_instance_mode_uses_training_normalisation_in_eval(kind: str) -> None:
+    spec = SMALL[kind] if kind in SMALL else {"type": kind, "num_filters": 8, "num_filters_fpn": 16,
+                                              "width_mult": 0.0625}
+    torch.manual_seed(0)
+    net = build(spec)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        for _ in range(3):  # move the running statistics away from their (0, 1) start
+            net(x * 0.5)
+    net.eval()
+    reference = build(spec).eval()
+    reference.load_state_dict(net.state_dict())
+    for m in reference.modules():
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            m.track_running_stats = False  # PyTorch then normalises every image by its own statistics in eval mode
+    net.set_norm_stats("instance")
+    buffers = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        y, y_ref = net(x), reference(x)
+    torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=0)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in buffers.items())
+    with torch.no_grad():
+        modes = {}
+        for mode in ("running", "per_image"):
+            net.set_norm_stats(mode)
+            modes[mode] = net(x)
+    assert (modes["running"] - y).abs().max() > 1e-3  # instance norms: running vs own statistics
+    assert (modes["per_image"] - y).abs().max() > 1e-3  # batch norms: per-image vs running statistics
+    with pytest.raises(RobustirError, match="norm_stats"):
+        net.set_norm_stats("batch")
+
+
 def test_deblurganv2_restorer_reproduces_predict_padding(data_root: Path) -> None:
     case, folder = _case(data_root, "deblurganv2_fpn_mobilenet")
     net = _fixture_net(case, folder)
