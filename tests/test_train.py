@@ -5,6 +5,7 @@ end-to-end run that learns."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +344,23 @@ def test_replacement_hook_matches_hand_fgsm() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- end to end
+
+@pytest.mark.parametrize("norm_stats", ["running", "instance"])
+def test_training_warns_when_eval_mode_would_swap_instance_norm_statistics(tmp_path: Path, norm_stats: str) -> None:
+    spec = {"type": "FPNMobileNet", "num_filters": 8, "num_filters_fpn": 16, "width_mult": 0.25,
+            "norm_stats": norm_stats, "pad": "multiple"}
+    raw = tiny_config(tmp_path / norm_stats, data={"channels": 3}, train={"steps": 1},
+                      val={"every": 1, "quantize": False})
+    raw["model"] = spec
+    data = TrainingData(targets=images(4, 32, channels=3), val=images(1, 32, channels=3, seed=9))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config_from_dict(raw), data=data, progress=False)
+    messages = [str(w.message) for w in caught if "instance norms track running statistics" in str(w.message)]
+    assert len(messages) == (1 if norm_stats == "running" else 0)
+    if messages:
+        assert "norm_stats: instance" in messages[0] and "fpn.td1.1" in messages[0]
+
 
 def test_training_learns_and_uses_the_hook(tmp_path: Path) -> None:
     from safetensors.torch import load_file
