@@ -347,8 +347,9 @@ def test_replacement_hook_matches_hand_fgsm() -> None:
 
 @pytest.mark.parametrize("norm_stats", ["running", "instance"])
 def test_training_warns_when_eval_mode_would_swap_instance_norm_statistics(tmp_path: Path, norm_stats: str) -> None:
-    spec = {"type": "FPNMobileNet", "num_filters": 8, "num_filters_fpn": 16, "width_mult": 0.25,
-            "norm_stats": norm_stats, "pad": "multiple"}
+    from robustir.models import get_model_info
+
+    spec = {**get_model_info("FPNMobileNet").test_spec, "norm_stats": norm_stats, "pad": "multiple"}
     raw = tiny_config(tmp_path / norm_stats, data={"channels": 3}, train={"steps": 1},
                       val={"every": 1, "quantize": False})
     raw["model"] = spec
