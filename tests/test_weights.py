@@ -87,6 +87,36 @@ def test_mismatch_names_missing_unexpected_and_shapes_and_leaves_model_unchanged
     assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
 
 
+@pytest.mark.parametrize("bad", ["int32", "bool", "nan_weight", "inf_weight", "nan_buffer"])
+def test_integer_and_non_finite_weights_are_refused(tmp_path: Path, bad: str) -> None:
+    src = _randomised(TINY).state_dict()
+    key = "model.3.running_mean" if bad == "nan_buffer" else "model.0.weight"
+    state = dict(src)
+    if bad == "int32":
+        state[key] = (src[key] * 1000).int()  # a cast would give a network scoring ~3 dB, not an error
+    elif bad == "bool":
+        state[key] = src[key] > 1.0
+    else:
+        state[key] = src[key].clone()
+        state[key].view(-1)[3] = float("inf") if bad == "inf_weight" else float("nan")
+    path = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    dst = _randomised(TINY)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    what = "non-floating-point" if bad in ("int32", "bool") else "non-finite"
+    with pytest.raises(CheckpointMismatchError, match=f"{what}.*{key}.*damaged or not a weight file"):
+        load_weights(dst, path)
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+
+
+def test_integer_buffers_accept_other_integer_dtypes() -> None:
+    src = _randomised(TINY).state_dict()
+    state = dict(src)
+    state["model.3.num_batches_tracked"] = torch.tensor(7, dtype=torch.int32)
+    dst = load_weights(build(TINY), state)
+    assert int(dst.state_dict()["model.3.num_batches_tracked"]) == 7
+
+
 def test_non_strict_allows_missing_but_not_wrong_shapes() -> None:
     src = _randomised(TINY)
     partial = {k: v for k, v in src.state_dict().items() if k.startswith("model.0.")}

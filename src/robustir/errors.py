@@ -12,4 +12,4 @@ class UnsafeCheckpointError(RobustirError):
 
 
 class CheckpointMismatchError(RobustirError):
-    """A checkpoint whose keys or shapes do not fit the model."""
+    """A checkpoint whose keys, shapes, dtypes or values do not fit the model."""

@@ -112,16 +112,34 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, strict: b
                      source: str = "checkpoint") -> tuple[list[str], list[str]]:
     """Validate names and shapes against `model`; raise CheckpointMismatchError naming every problem.
 
-    Returns (missing, unexpected) keys, which are only allowed when `strict` is False. Wrong shapes are always errors.
+    Returns (missing, unexpected) keys, which are only allowed when `strict` is False. Wrong shapes, integer or bool
+    tensors for floating-point weights, NaN anywhere and infinite parameters are always errors.
     """
     target = model.state_dict()
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
-    wrong = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(target[k].shape)})" for k in target
-             if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    misshaped = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    wrong = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(target[k].shape)})" for k in misshaped]
+    # an integer or bool tensor for a float weight would be cast silently into garbage; a NaN weight (or an infinite
+    # parameter) only surfaces later as a non-finite output that does not point at the checkpoint
+    params = {k for k, _ in model.named_parameters()}
+    bad_dtype, non_finite = [], []
+    for k, dst in target.items():
+        src = state.get(k)
+        if not isinstance(src, Tensor) or k in misshaped:
+            continue
+        if dst.is_floating_point() and not src.is_floating_point():
+            bad_dtype.append(f"{k} ({str(src.dtype).removeprefix('torch.')}, model "
+                             f"{str(dst.dtype).removeprefix('torch.')})")
+        elif src.is_floating_point() and (not torch.isfinite(src).all() if k in params else torch.isnan(src).any()):
+            non_finite.append(k)
     problems = []
     if wrong:
         problems.append(f"wrongly shaped keys: {_short(wrong)}")
+    if bad_dtype:
+        problems.append(f"non-floating-point tensors for floating-point weights: {_short(bad_dtype)}")
+    if non_finite:
+        problems.append(f"non-finite values (NaN or inf) in: {_short(non_finite)}")
     if strict and missing:
         problems.append(f"missing keys: {_short(missing)}")
     if strict and unexpected:
@@ -132,8 +150,10 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, strict: b
         name = getattr(model, "robustir_type", type(model).__name__)
         raise CheckpointMismatchError(
             f"{source} does not fit the {name} model ({len(state)} checkpoint tensors, {len(target)} model tensors): "
-            + "; ".join(problems) + ". Is it a checkpoint for another architecture or configuration (width, depth, "
-            "channels, act_mode)? The model was left unchanged.")
+            + "; ".join(problems) + (". Is it a checkpoint for another architecture or configuration (width, depth, "
+                                     "channels, act_mode)?" if wrong or (strict and (missing or unexpected)) else
+                                     ". The file is damaged or not a weight file of this model.")
+            + " The model was left unchanged.")
     return missing, unexpected
 
 
