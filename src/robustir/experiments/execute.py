@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ def _to_channels(x: Tensor, channels: int | None) -> Tensor:
     return x[:1].expand(3, -1, -1).clone()
 
 
-def preprocess(x: Tensor, data: DataEntry) -> Tensor:
+def preprocess(x: Tensor, data: DataEntry, *, source: str | os.PathLike | None = None) -> Tensor:
     """Channels, resize (shorter side, antialiased bicubic) and centre crop, as the dataset entry says."""
     x = _to_channels(x, data.channels)
     if data.resize is not None:
@@ -144,7 +145,9 @@ def preprocess(x: Tensor, data: DataEntry) -> Tensor:
     if data.crop is not None:
         h, w = x.shape[-2:]
         if h < data.crop or w < data.crop:
-            raise RobustirError(f"data.{data.id}: crop {data.crop} is larger than an image of size {h}x{w}")
+            where = "an image" if source is None else f"image {os.fspath(source)}"
+            raise RobustirError(f"data.{data.id}.crop: crop {data.crop} is larger than {where} of size {h}x{w} "
+                                f"(HxW)")
         top, left = (h - data.crop) // 2, (w - data.crop) // 2
         x = x[:, top:top + data.crop, left:left + data.crop]
     return x.contiguous()
@@ -188,19 +191,24 @@ def load_dataset_images(data: DataEntry) -> list[tuple[str, Tensor, Tensor | Non
     Synthetic datasets give None for the input (degraded on the fly); paired datasets (GoPro layout or
     input/target folders) give their real degraded input, preprocessed exactly like its target.
     """
+    return [(name, x, y) for name, _, x, y in _load_dataset(data)]
+
+
+def _load_dataset(data: DataEntry) -> list[tuple[str, str, Tensor, Tensor | None]]:
+    """`load_dataset_images` plus each item's source file (the target of a pair), so errors can name the file."""
     from robustir.data import PairedFolder, load_image, resolve_dataset
 
     if data.paired:
         pairs = PairedFolder(data.source, split=data.split)
         items = list(zip(pairs.names, pairs.pairs))[:data.limit]
-        return [(Path(name).with_suffix("").as_posix(), preprocess(load_image(tgt), data),
-                 preprocess(load_image(inp), data)) for name, (inp, tgt) in items]
+        return [(Path(name).with_suffix("").as_posix(), str(tgt), preprocess(load_image(tgt), data, source=tgt),
+                 preprocess(load_image(inp), data, source=inp)) for name, (inp, tgt) in items]
     paths = resolve_dataset(data.source)
     if data.limit is not None:
         paths = paths[:data.limit]
     if not paths:
         raise RobustirError(f"data.{data.id}: no images found in {data.source!r}")
-    return [(Path(p).stem, preprocess(load_image(p), data), None) for p in paths]
+    return [(Path(p).stem, str(p), preprocess(load_image(p), data, source=p), None) for p in paths]
 
 
 def prepare(exp: Experiment) -> Context:
@@ -211,18 +219,20 @@ def prepare(exp: Experiment) -> Context:
     images: dict[str, list[Tensor]] = {}
     inputs: dict[str, list[Tensor] | None] = {}
     kernels: dict[str, list[Tensor] | None] = {}
+    files: dict[str, list[str]] = {}
     for data in exp.data:
-        imgs = load_dataset_images(data)
+        imgs = _load_dataset(data)
         ks = _load_kernels(data.degradation.kernels, exp.seed)
-        images[data.id] = [x for _, x, _ in imgs]
-        inputs[data.id] = [y for _, _, y in imgs] if data.paired else None
+        images[data.id] = [x for _, _, x, _ in imgs]
+        inputs[data.id] = [y for _, _, _, y in imgs] if data.paired else None
         kernels[data.id] = ks
+        files[data.id] = [f for _, f, _, _ in imgs]
         items[data.id] = [
             Item(data.id, i, name, j, tuple(x.shape), None if ks is None else tuple(ks[j].shape))
-            for i, (name, x, _) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
+            for i, (name, _, x, _) in enumerate(imgs) for j in ([None] if ks is None else range(len(ks)))
         ]
     jobs = expand_jobs(exp, items, fingerprints, target_of=cyclic_target)
-    models = _preflight(exp, device, images, kernels)
+    models = _preflight(exp, device, images, kernels, files)
     snapshot = {"name": exp.name, "fingerprint": exp.fingerprint(), "seed": exp.seed, "paper": exp.paper,
                 "description": exp.description,
                 "models": {m.id: {"spec": m.spec, "weights": m.weights, "sigma": m.sigma, "label": m.label or m.id,
@@ -250,20 +260,26 @@ def _evaluated_on(exp: Experiment, model_id: str, data_id: str) -> bool:
     return any(model_id in t.targets and models[t.source].runs_on(data_id) for t in exp.transfer)
 
 
+def _name_files(files: Sequence[str], limit: int = 5) -> str:
+    """A short list of file names for an error message (the first `limit`, then how many more)."""
+    shown = ", ".join(files[:limit])
+    return shown if len(files) <= limit else f"{shown} and {len(files) - limit} more"
+
+
 def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Tensor]],
-               kernels: dict[str, list[Tensor] | None]) -> dict[str, Any]:
-    """Load every model and fail early, naming model and dataset, when a model cannot take a dataset (channels,
-    missing sigma/kernel); returns the loaded models so they are not loaded again."""
+               kernels: dict[str, list[Tensor] | None], files: dict[str, list[str]]) -> dict[str, Any]:
+    """Load every model and fail early, naming model, dataset and files, when a model cannot take a dataset's images
+    (channels, size, missing sigma/kernel) or a metric cannot score them; returns the loaded models."""
+    metric_fns = _metric_fns()
     models: dict[str, Any] = {}
     for model_entry in exp.models:
         model = models[model_entry.id] = load_model(model_entry, device)
         for data in exp.data:
             if not _evaluated_on(exp, model_entry.id, data.id):
                 continue
-            x = images[data.id][0][None].to(device)
             ks = kernels[data.id]
+            # the model is tried on a crop (cheap on large images); the kernel must fit it twice over
             size = 64 if ks is None else max(64, 2 * max(ks[0].shape))
-            x = x[..., :size, :size]
             cond: dict[str, Any] = {}
             if model.needs_sigma:
                 cond["sigma"] = float(model_entry.sigma) / 255.0
@@ -272,13 +288,55 @@ def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Ten
                     raise RobustirError(f"models.{model_entry.id} is a non-blind deblurrer but data.{data.id} has no "
                                         f"kernels (set degradation.kernels)")
                 cond["kernel"] = ks[0].to(device)
-            try:
-                with torch.no_grad():
-                    model(x, **cond)
-            except RobustirError as exc:
-                raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (images with "
-                                    f"{x.shape[1]} channel(s)): {exc}") from None
+            imgs, names = images[data.id], files[data.id]
+            # Folders may mix gray and RGB images and sizes, and a job fails on its own image only after earlier jobs
+            # were recorded; so every channel count and every (cropped) size the dataset holds is tried here once.
+            groups: dict[tuple[int, int, int], list[int]] = {}
+            for i, x in enumerate(imgs):
+                groups.setdefault((x.shape[0], min(x.shape[1], size), min(x.shape[2], size)), []).append(i)
+            tried: dict[tuple[int, int, int], Tensor] = {}
+            for channels in dict.fromkeys(c for c, _, _ in groups):
+                # channels first, on the largest image of that channel count, so a size problem is not mistaken
+                # for a channel problem; the error lists every file with that channel count
+                keys = [k for k in groups if k[0] == channels]
+                key = max(keys, key=lambda k: k[1] * k[2])
+                with_channels = [names[i] for k in keys for i in groups[k]]
+                try:
+                    tried[key] = _try_model(model, imgs[groups[key][0]], size, device, cond)
+                except RobustirError as exc:
+                    hint = "" if data.channels is not None else \
+                        f"; set data.{data.id}.channels to convert every image to the channels the model takes"
+                    raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (images with "
+                                        f"{channels} channel(s): {_name_files(with_channels)}): {exc}{hint}") from None
+            for key, members in groups.items():
+                x = imgs[members[0]]
+                h, w = x.shape[-2:]
+                if key not in tried:
+                    try:
+                        tried[key] = _try_model(model, x, size, device, cond)
+                    except RobustirError as exc:
+                        raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (image(s) of "
+                                            f"{h}x{w} (HxW): {_name_files([names[i] for i in members])}): "
+                                            f"{exc}") from None
+                ref = x[None, :, :size, :size].to(device)
+                for name in exp.metrics:
+                    try:
+                        metric_fns[name](tried[key].clamp(0, 1), ref)
+                    except RobustirError as exc:
+                        raise RobustirError(f"data.{data.id}: metrics: {name} cannot score image(s) of {h}x{w} "
+                                            f"(HxW): {_name_files([names[i] for i in members])}: {exc}") from None
     return models
+
+
+def _try_model(model: Any, x: Tensor, size: int, device: torch.device, cond: dict[str, Any]) -> Tensor:
+    """The model's output on the top-left `size` x `size` crop of a (C,H,W) image; a failure is a RobustirError."""
+    try:
+        with torch.no_grad():
+            return model(x[None, :, :size, :size].to(device), **cond)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:  # torch itself rejects some inputs (too small to pad, wrong channels for a conv)
+        raise RobustirError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
 def cyclic_target(item: Item, items: Sequence[Item]) -> int:
@@ -333,13 +391,18 @@ def _png(x: Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _scores(ctx: Context, out: Tensor, ref: Tensor) -> dict[str, Tensor]:
+def _metric_fns() -> dict[str, Any]:
+    """The per-image metric functions by the names experiments use (spec.VALID_METRICS)."""
     from robustir import metrics as M
 
+    return {"psnr": M.psnr, "ssim": M.ssim, "mae": M.mae, "ncc": M.ncc}
+
+
+def _scores(ctx: Context, out: Tensor, ref: Tensor) -> dict[str, Tensor]:
     out = out.clamp(0, 1)
     if ctx.exp.quantize:
         out = out.mul(255).round().div(255)
-    fns = {"psnr": M.psnr, "ssim": M.ssim, "mae": M.mae, "ncc": M.ncc}
+    fns = _metric_fns()
     return {name: fns[name](out, ref) for name in ctx.exp.metrics}
 
 

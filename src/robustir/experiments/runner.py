@@ -12,6 +12,7 @@ the jobs it still holds, so adding a model, an attack or an image runs only the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -44,26 +45,49 @@ class RunSummary:
     dropped: int = 0
 
 
-def _check_output(exp: Experiment, force: bool, extend: bool) -> None:
-    """Refuse an output folder holding another experiment's results (unless `force`, which clears it, or `extend`
-    for an edited version of the same experiment, whose still-valid jobs `_drop_stale` keeps)."""
+def _check_output(exp: Experiment, force: bool, extend: bool) -> bool:
+    """Refuse an output folder holding another experiment's results (unless `force` or `extend` for an edited version
+    of the same experiment, whose still-valid jobs `_drop_stale` keeps); True when `_discard_results` must run."""
     db_path = exp.output / DB_NAME
     if not db_path.exists():
-        return
+        return False
     with ResultsDB(db_path) as db:
         existing = db.get_meta("fingerprint")
         other_name = db.get_meta("experiment")
-    if existing == exp.fingerprint() or (extend and other_name == exp.name and not force):
-        return
+        recorded = len(db.finished_keys())
+    # a database without a single job (a run that failed before its first job) holds no results to protect; its
+    # metadata is overwritten and `_drop_stale` sweeps any artifact folder it left
+    if recorded == 0 or existing == exp.fingerprint() or (extend and other_name == exp.name and not force):
+        return False
     if not force:
         what, hint = ("another version of this experiment", "--extend to keep the jobs this version still holds, "
                       "or --force to discard them") if other_name == exp.name else \
             ("a different experiment", "or --force to discard them")
         raise RobustirError(f"output folder {exp.output} holds results of {what} ({other_name!r}, fingerprint "
                             f"{existing}); use another output folder, {hint}")
+    return True
+
+
+def _discard_results(out_dir: Path) -> None:
+    """Delete the results database (with its WAL files) and the artifacts of an output folder."""
     for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
-        (exp.output / name).unlink(missing_ok=True)
-    shutil.rmtree(exp.output / "artifacts", ignore_errors=True)
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "artifacts", ignore_errors=True)
+
+
+def _remove_if_empty(out_dir: Path, created_dir: bool) -> None:
+    """After a run that failed before recording any job, delete the database it created (and the folder, if this
+    run created it and nothing else is in it), so no empty result set is left behind."""
+    with ResultsDB(out_dir / DB_NAME) as db:
+        if db.finished_keys():
+            return
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+        (out_dir / name).unlink(missing_ok=True)
+    artifacts = out_dir / "artifacts"
+    if artifacts.is_dir() and not any(artifacts.iterdir()):
+        artifacts.rmdir()
+    if created_dir and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def _drop_stale(out_dir: Path, db: ResultsDB, jobs: Sequence[Job]) -> int:
@@ -145,10 +169,32 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
     if backend not in ("local", "ray"):
         raise RobustirError(f"backend must be 'local' or 'ray', got {backend!r}")
     t0 = time.perf_counter()
-    exp.output.mkdir(parents=True, exist_ok=True)
-    _check_output(exp, force, extend)
-    remove_stale_temps(exp.output)  # left by a run killed in the middle of an atomic write
+    discard = _check_output(exp, force, extend)
+    # the preflight (data, sizes, channels, models, metrics) runs before anything is written or discarded, so a bad
+    # input leaves the output folder as it was
     ctx = prepare(exp)
+    jobs = ctx.jobs
+    created_dir = not exp.output.exists()
+    exp.output.mkdir(parents=True, exist_ok=True)
+    if discard:
+        _discard_results(exp.output)
+    remove_stale_temps(exp.output)  # left by a run killed in the middle of an atomic write
+    created_db = not (exp.output / DB_NAME).exists()
+    try:
+        executed, skipped, dropped, compute = _run_jobs(exp, ctx, backend, address, progress, max_batches)
+    except BaseException:
+        if created_db and (exp.output / DB_NAME).exists():
+            # best effort: a failure of the clean-up must not hide the error that stopped the run
+            with contextlib.suppress(Exception):
+                _remove_if_empty(exp.output, created_dir)
+        raise
+    atomic_write_text(exp.output / "experiment.json", json.dumps(ctx.config_snapshot, indent=2, default=str))
+    return RunSummary(exp.output, len(jobs), skipped, executed, time.perf_counter() - t0, compute, dropped)
+
+
+def _run_jobs(exp: Experiment, ctx: Context, backend: str, address: str | None, progress: bool,
+              max_batches: int | None) -> tuple[int, int, int, float]:
+    """Record metadata, drop stale jobs, run pending batches; returns (executed, skipped, dropped, compute s)."""
     jobs = ctx.jobs
     with ResultsDB(exp.output / DB_NAME) as db:
         db.set_meta({"fingerprint": exp.fingerprint(), "experiment": exp.name, "code_version": robustir.__version__,
@@ -173,5 +219,4 @@ def run_experiment(exp: Experiment, *, backend: str = "local", address: str | No
                 bar.update(len(outputs))
         finally:
             bar.close()
-    atomic_write_text(exp.output / "experiment.json", json.dumps(ctx.config_snapshot, indent=2, default=str))
-    return RunSummary(exp.output, len(jobs), skipped, executed, time.perf_counter() - t0, compute, dropped)
+    return executed, skipped, dropped, compute
