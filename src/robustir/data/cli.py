@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import os
 import platform
-from collections.abc import Callable
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +113,73 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
     Writes OUT/input/*.png (degraded), OUT/target/*.png (clean), OUT/tensors/*.safetensors (lossless float
     tensors, unclipped) and OUT/degrade.json.
     """
-    from robustir.data.pipeline import DegradeSpec, degrade_folder
+    from robustir.checks import check_positive
+    from robustir.data.datasets import ImageFolder
+    from robustir.data.pipeline import DegradeSpec, degrade_folder, kernel_from_spec
 
+    # options first, in a fixed order, so that each bad value is named as itself (a negative sigma is not "nothing
+    # to do") and before any image is decoded
+    sigma = check_positive(sigma, "--sigma", allow_zero=True)
+    if size is not None and size < 1:
+        raise RobustirError(f"--size: expected a positive image size in pixels, got {size}")
+    if limit is not None and limit < 1:
+        raise RobustirError(f"--limit: expected a positive number of images, got {limit}")
+    if kernel is not None:
+        kernel_from_spec(kernel, data_root)  # a bad kernel spec or file fails before the images are read
+    elif sigma == 0:
+        raise RobustirError("degrade: nothing to do: give a noise level (--sigma) and/or a blur kernel (--kernel)")
+    clean = ImageFolder(source, root=data_root, channels=_channels(channels), size=size, limit=limit)
+    _check_images(clean.paths)
     spec = DegradeSpec(sigma=sigma, kernel=kernel, boundary=boundary, seed=seed)
-    stems = degrade_folder(source, out, spec, root=data_root, bits=int(bits), channels=_channels(channels),
-                           size=size, limit=limit, progress=True)
+    with _staged_folder(Path(out)) as staging:
+        stems = degrade_folder(source, staging, spec, root=data_root, bits=int(bits), channels=_channels(channels),
+                               size=size, limit=limit, progress=True)
     click.echo(f"wrote {len(stems)} degraded images to {Path(out) / 'input'} (clean: {Path(out) / 'target'}, "
                f"lossless: {Path(out) / 'tensors'})")
+
+
+def _check_images(paths: list[Path]) -> None:
+    """Decode every input once, so that an unreadable file is reported before anything is written."""
+    import warnings
+
+    from robustir.data.io import load_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the degrade pass reads them again and warns there (alpha dropped, ...)
+        for path in paths:
+            load_image(path)
+
+
+@contextlib.contextmanager
+def _staged_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `out`; on success move its files into `out`, on any error remove it.
+
+    A failure part-way (a bad image, a full disk, Ctrl-C) then leaves neither a half-written `out` nor stray files in
+    an existing one; files that were in `out` before are only ever replaced by complete new ones.
+    """
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # os.mkdir, not tempfile.mkdtemp: the folder becomes `out`, so it gets the usual umask permissions, not 0700
+    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+        if not out.exists():
+            os.replace(staging, out)  # one rename on the same file system: `out` appears complete or not at all
+            return
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        # degrade.json last: a folder that has it holds every image it lists
+        for src in sorted(files, key=lambda p: p.name == "degrade.json"):
+            dest = out / src.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        shutil.rmtree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # only the (empty) parent folders this call made, innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 @click.command()

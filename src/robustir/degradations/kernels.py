@@ -142,7 +142,22 @@ def _from_image(path: Path) -> list[np.ndarray]:
 
 def _from_npy(path: Path) -> list[np.ndarray]:
     """Kernels from a `.npy` file: `(kh, kw)` or a `(K, kh, kw)` stack (never unpickled)."""
-    arr = np.load(path, allow_pickle=False)
+    with open(path, "rb") as fh:
+        magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+    # np.load treats anything without the .npy header (text, a pickle, an .npz archive) as a pickle and its error
+    # then suggests allow_pickle=True: say what the file is not instead, and never offer unsafe loading
+    if magic != np.lib.format.MAGIC_PREFIX:
+        raise RobustirError(f"kernel file {str(path)!r} is not a valid .npy array file (no NumPy header; save the "
+                            f"kernel with numpy.save)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise RobustirError(f"kernel file {str(path)!r} holds an object (pickled) array, which is never loaded; "
+                            f"save a numeric array with numpy.save") from None
+    if arr.dtype.kind not in "biuf":
+        raise RobustirError(f"kernel file {str(path)!r}: expected a numeric array, got dtype {arr.dtype}")
     if arr.ndim == 3:
         return [np.asarray(a, dtype=np.float64) for a in arr]
     return [np.asarray(arr, dtype=np.float64)]

@@ -114,23 +114,53 @@ def make_deblur_set(images: Sequence[Tensor], kernels: Sequence[Tensor], *, sigm
                      kernel_id=torch.tensor(ker_id), description=dict(description or {}))
 
 
+def check_crop(crop: int, kernels: Sequence[Tensor], name: str = "crop") -> None:
+    """Refuse a crop smaller than the largest kernel (or the SSIM window): its blur would wrap onto itself."""
+    from robustir.metrics.ssim import WINDOW as SSIM_WINDOW
+
+    big = max(kernels, key=lambda k: max(k.shape[-2:]), default=None)
+    k = 0 if big is None else max(int(big.shape[-2]), int(big.shape[-1]))
+    need = max(SSIM_WINDOW, k)
+    if crop < need:
+        why = f"the {big.shape[-2]}x{big.shape[-1]} blur kernel (the largest used)" if big is not None and \
+            k > SSIM_WINDOW else f"the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window of the metrics"
+        raise RobustirError(f"{name}: the {crop}x{crop} crop is smaller than {why}; crops must be at least "
+                            f"{need}x{need}")
+
+
 def heldout_set(*, dataset: str = "cbsd68", n_images: int = 10, crop: int = 128, sigma: float = 2.0, seed: int = 0,
                 root: str | Path | None = None) -> DeblurSet:
-    """The shipped cards' held-out set: first `n_images` of `dataset`, centre `crop`², x 8 Levin kernels, circular."""
+    """The shipped cards' held-out set: first `n_images` of `dataset`, centre `crop`², x 8 Levin kernels, circular.
+
+    The set is RGB: gray images are repeated to 3 channels, with a warning and a note in the description.
+    """
+    import warnings
+
+    from robustir.data import convert_channels, load_image, resolve_dataset
     from robustir.degradations import levin_kernels
-    from robustir.train.sampling import load_images
 
     for name, value in (("n_images", n_images), ("crop", crop)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise RobustirError(f"{name}: expected a positive integer, got {value!r}")
-    images = load_images(dataset, 3, limit=n_images, root=None if root is None else str(root))
-    if len(images) < n_images:
-        raise RobustirError(f"n_images: {dataset} has only {len(images)} images, fewer than {n_images}")
     kernels = levin_kernels(root)
+    check_crop(crop, kernels)  # before the images are read: the kernel sizes alone decide it
+    paths = resolve_dataset(dataset, None if root is None else str(root))[:n_images]
+    if len(paths) < n_images:
+        raise RobustirError(f"n_images: {dataset} has only {len(paths)} images, fewer than {n_images}")
+    raw = [load_image(p) for p in paths]
+    gray = [p.name for p, im in zip(paths, raw, strict=True) if im.shape[0] == 1]
+    images = [convert_channels(im, 3, str(p)) for p, im in zip(paths, raw, strict=True)]
     desc = {"dataset": dataset, "images": f"first {n_images} (sorted by name)", "crop": f"centre {crop}x{crop}",
             "kernels": f"the {len(kernels)} Levin et al. (2009) kernels", "boundary": "circular",
             "noise": f"Gaussian sigma {sigma}/255, not clipped, seeded per (image, kernel) from seed {seed}",
             "pairs": n_images * len(kernels), "metrics": "mean PSNR/SSIM (RGB, 8-bit quantised output, no border crop)"}
+    if gray:
+        # the set (and every shipped deblurrer) is RGB; scores of replicated gray images are not comparable to
+        # scores of colour ones, so the conversion must be visible wherever the numbers go
+        note = (f"{len(gray)} of {n_images} images are gray ({gray[0]}{', ...' if len(gray) > 1 else ''}) and were "
+                f"converted to RGB (gray channel repeated)")
+        desc["channels"] = note
+        warnings.warn(f"{dataset}: {note}", stacklevel=2)
     return make_deblur_set([_center_crop(im, crop) for im in images], kernels, sigma=sigma, seed=seed,
                            boundary="circular", description=desc)
 

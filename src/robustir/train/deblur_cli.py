@@ -40,14 +40,22 @@ def deblur_eval_command(model_spec: str | None, weights: str | None, shipped: st
                         dataset: str, n_images: int, crop: int, sigma: float, seed: int,
                         data_root: str | None) -> None:
     """Score a deblurring network (and/or Wiener) on Levin-blurred held-out crops; prints JSON."""
-    from robustir.train.deblur import (blind_wiener_baseline, evaluate_deblur, heldout_set, identity_scores,
-                                       load_shipped, wiener_baseline)
+    import warnings
+
+    from robustir.degradations import levin_kernels
+    from robustir.train.deblur import (blind_wiener_baseline, check_crop, evaluate_deblur, heldout_set,
+                                       identity_scores, load_shipped, wiener_baseline)
 
     if model_spec is None and shipped is None and not wiener and not blind_wiener:
         raise RobustirError("deblur-eval: give --model (with --weights), --shipped NAME, --wiener or --blind-wiener")
     if model_spec is not None and shipped is not None:
         raise RobustirError("deblur-eval: give either --model or --shipped, not both")
-    data = heldout_set(dataset=dataset, n_images=n_images, crop=crop, sigma=sigma, seed=seed, root=data_root)
+    check_crop(crop, levin_kernels(data_root), "--crop")  # named as the option here; heldout_set says "crop"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = heldout_set(dataset=dataset, n_images=n_images, crop=crop, sigma=sigma, seed=seed, root=data_root)
+    for w in caught:  # one plain line each (gray images made RGB, alpha dropped), not a source-line traceback
+        click.echo(f"warning: {w.message}", err=True)
     report: dict[str, object] = {"heldout": data.description, "blurred_input": identity_scores(data)}
     if shipped is not None:
         model, _ = load_shipped(shipped)
