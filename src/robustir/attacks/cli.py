@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,58 @@ def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channe
         raise RobustirError(f"{exc}{hint}") from None
 
 
+# What one `attack` call writes into --out; an earlier run's copies are replaced together, never mixed with new ones.
+_SUBDIRS = ("adversarial", "previews", "restored", "perturbation")
+_FILES = ("metrics.csv", "attack.json")
+
+
+def _check_out(out: Path, record: dict[str, Any], force: bool) -> None:
+    """Refuse an --out holding another attack run's results (unless --force); re-running the same call is fine.
+
+    A folder mixing two runs (the first run's b.png outputs next to a metrics.csv of a.png only) misleads whoever
+    reads it, so the settings and image list of each run are kept in attack.json and compared.
+    """
+    if not out.is_dir():
+        return
+    held = [name for name in _SUBDIRS if (out / name).is_dir() and any((out / name).iterdir())]
+    held += [name for name in _FILES if (out / name).exists()]
+    if not held or force:
+        return
+    try:
+        previous = json.loads((out / "attack.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous == record:
+        return
+    if isinstance(previous, dict):
+        what = "settings that differ: " + ", ".join(k for k in record if previous.get(k) != record[k])
+    else:
+        what = f"{held[0]} without an attack.json recording its settings"
+    raise RobustirError(f"--out {out} already holds the results of another attack run ({what}); use a new --out "
+                        f"folder, or pass --force to replace them")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The top-most folder of `path` that does not exist yet (what this call creates), or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _commit(stage: Path, out: Path) -> None:
+    """Replace the previous run's outputs in `out` by the staged ones (other files in `out` are kept)."""
+    for name in _SUBDIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in _FILES:
+        (out / name).unlink(missing_ok=True)
+    for item in stage.iterdir():
+        item.replace(out / item.name)
+    stage.rmdir()
+
+
 @click.command()
 @click.option("--model", "model_spec", required=True,
               help="Model preset name (see `robustir info`), JSON spec, a .json spec file (a run's model.json), "
@@ -106,22 +161,25 @@ def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channe
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model's forward (inductor).")
 @click.option("--checkpoint", is_flag=True,
               help="Activation checkpointing: less memory on large images, one extra forward per step.")
+@click.option("--force", is_flag=True,
+              help="--out holds the results of another attack run: replace them (its adversarial/, previews/, "
+                   "restored/, perturbation/, metrics.csv and attack.json are removed once this run succeeds).")
 def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | None, alpha: str | None,
            lr: float | None, steps: int | None, input_dir: str, out_dir: str, sigma: float | None,
            kernel_spec: str | None, channels: str | None, seed: int, data_root: str | None, amp: str,
            channels_last: bool,
-           compile_: bool, checkpoint: bool) -> None:
+           compile_: bool, checkpoint: bool, force: bool) -> None:
     """Attack a model on every image of --input; write adversarial inputs (safetensors), previews, restorations,
-    amplified perturbations, metrics.csv, and print a summary table."""
-    from tqdm import tqdm
-
+    amplified perturbations, metrics.csv, attack.json (the settings), and print a summary table."""
     from robustir.attacks.presets import _PRESETS, preset
     from robustir.data import convert_channels
-    from robustir.data.io import load_image, save_image, save_tensors
+    from robustir.data.io import load_image
     from robustir.data.names import list_images
     from robustir.data.pipeline import format_table, write_csv
-    from robustir.degradations import add_gaussian_noise
-    from robustir.metrics import psnr, ssim
+
+    if sigma is not None and (not math.isfinite(sigma) or sigma < 0):
+        # checked here, not by the noise step inside the loop, so that nothing is written
+        raise RobustirError(f"--sigma: expected a finite non-negative noise level on the 0-255 scale, got {sigma}")
     paths = list_images(input_dir)
     if not paths:
         raise RobustirError(f"--input {input_dir!r}: no images found")
@@ -150,7 +208,6 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     kernel = None
     if kernel_spec is not None:
         from robustir.data.pipeline import kernel_from_spec
-        from robustir.degradations import Blur
 
         k = kernel_from_spec(kernel_spec, data_root)
         if isinstance(k, tuple):
@@ -171,9 +228,46 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
 
     _check_sizes(sizes, kernel)
     _probe(model, load(paths[0]), cond, paths[0], n_channels)  # a wrong model/image pairing fails before any output
+    options = json.dumps({k: v for k, v in opts.items() if k != "generator"})
+    record = {"model": model_spec, "weights": None if weights is None else str(Path(weights).resolve()),
+              "attack": key, "options": json.loads(options), "sigma": sigma, "kernel": kernel_spec,
+              "channels": n_channels, "seed": seed, "input": str(Path(input_dir).resolve()),
+              "images": [p.name for p in paths]}
     out = Path(out_dir)
-    for sub in ("adversarial", "previews", "restored", "perturbation"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    _check_out(out, record, force)
+    created = _first_missing(out)
+    stage: Path | None = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # everything goes to a staging folder first: a failure mid-way leaves --out as it was
+        stage = Path(tempfile.mkdtemp(prefix=".attack-partial-", dir=out))
+        for sub in _SUBDIRS:
+            (stage / sub).mkdir()
+        rows = _attack_all(paths, load, atk, model, cond, kernel, sigma, seed, key, input_dir, stage, options,
+                           model_spec, eps_show)
+        write_csv(rows, stage / "metrics.csv")
+        (stage / "attack.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        _commit(stage, out)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    click.echo(format_table(rows, columns=("clean_psnr", "adv_psnr", "psnr_drop", "clean_ssim", "adv_ssim")))
+    click.echo(f"wrote {len(rows)} adversarial inputs to {out / 'adversarial'} and metrics to {out / 'metrics.csv'}")
+
+
+def _attack_all(paths: list[Path], load: Any, atk: Any, model: Any, cond: dict[str, Any], kernel: torch.Tensor | None,
+                sigma: float | None, seed: int, key: str, input_dir: str, out: Path, options: str, model_spec: str,
+                eps_show: float) -> list[dict[str, float | str]]:
+    """Attack every image and write its outputs under `out`; returns the metrics rows."""
+    from tqdm import tqdm
+
+    from robustir.data.io import save_image, save_tensors
+    from robustir.degradations import Blur, add_gaussian_noise
+    from robustir.metrics import psnr, ssim
+
     rows: list[dict[str, float | str]] = []
     noise_gen = torch.Generator().manual_seed(seed)
     for path in tqdm(paths, desc=f"{key} on {Path(input_dir).name}", unit="img"):
@@ -189,7 +283,6 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
             clean_out = model(y, **cond).clamp(0, 1)
             adv_out = model(x_adv, **cond).clamp(0, 1)
         stem = path.stem
-        options = json.dumps({k: v for k, v in opts.items() if k != "generator"})
         save_tensors({"x_adv": x_adv[0].contiguous(), "x": y[0].contiguous(), "gt": gt[0].contiguous(),
                       "delta": (x_adv - y)[0].contiguous()}, out / "adversarial" / f"{stem}.safetensors",
                      metadata={"attack": key, "options": options,
@@ -203,9 +296,7 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
                      "clean_psnr": float(psnr(clean_out, gt)[0]), "adv_psnr": float(psnr(adv_out, gt)[0]),
                      "clean_ssim": float(ssim(clean_out, gt)[0]), "adv_ssim": float(ssim(adv_out, gt)[0])})
         rows[-1]["psnr_drop"] = float(rows[-1]["clean_psnr"]) - float(rows[-1]["adv_psnr"])
-    write_csv(rows, out / "metrics.csv")
-    click.echo(format_table(rows, columns=("clean_psnr", "adv_psnr", "psnr_drop", "clean_ssim", "adv_ssim")))
-    click.echo(f"wrote {len(rows)} adversarial inputs to {out / 'adversarial'} and metrics to {out / 'metrics.csv'}")
+    return rows
 
 
 COMMANDS = [attack]

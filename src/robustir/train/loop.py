@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -251,12 +253,110 @@ def train(cfg: TrainConfig, *, resume: bool = False, data: TrainingData | None =
           progress: bool = True) -> TrainResult:
     """Run (or resume) a training run described by `cfg`; see the module docstring for the files written."""
     dist_info = init_distributed(cfg.train.device)
+    out = Path(cfg.train.out)
+    before = _OutputState.capture(out) if dist_info.is_main else None
     try:
         result = _train(cfg, dist_info, resume=resume, data=data, data_root=data_root, progress=progress)
         barrier(dist_info)  # on success only: a Gloo peer tearing down first can abort the others at exit
         return result
+    except BaseException:
+        if before is not None:
+            before.restore_unless_checkpointed()
+        raise
     finally:
         shutdown(dist_info)
+
+
+@dataclass
+class _OutputState:
+    """What `train.out` held before a run, so that a run failing before its first checkpoint leaves no stub."""
+
+    out: Path
+    created_from: Path | None  # the top-most folder of `out` that did not exist (removed whole on failure)
+    had_checkpoint: bool
+    texts: dict[str, bytes | None]  # config.yaml / log.jsonl as they were (None: absent)
+
+    @classmethod
+    def capture(cls, out: Path) -> _OutputState:
+        """Record the state of `out` before the run touches it."""
+        missing = None
+        for folder in (out, *out.parents):
+            if folder.exists():
+                break
+            missing = folder
+        had_checkpoint = (out / "last.safetensors").exists()
+        # with a checkpoint nothing is ever undone, so a long run's log is not read for nothing
+        texts = {} if had_checkpoint else {name: (out / name).read_bytes() if (out / name).is_file() else None
+                                           for name in ("config.yaml", "log.jsonl")}
+        return cls(out, missing, had_checkpoint, texts)
+
+    def restore_unless_checkpointed(self) -> None:
+        """Undo the run's writes when it saved no checkpoint: without one there is nothing to resume, and a
+        folder holding only config.yaml looks like a run that exists. Pre-existing files are kept as they were."""
+        if self.had_checkpoint or (self.out / "last.safetensors").exists():
+            return
+        if self.created_from is not None:
+            shutil.rmtree(self.created_from, ignore_errors=True)
+            return
+        for name, text in self.texts.items():
+            path = self.out / name
+            if text is None:
+                path.unlink(missing_ok=True)
+            elif not path.is_file() or path.read_bytes() != text:
+                path.write_bytes(text)
+
+
+def _channel_keys(spec: dict[str, Any]) -> list[str]:
+    """Keys of a model spec that set its input channel count (in_nc, in_chans, n_colors, inp_channels, ...)."""
+    pattern = re.compile(r"^(in_?nc|in_?chans?|inp?_channels|n_?colou?rs|image_channels|img_channels?|"
+                         r"n_channels|channels|colors)$")
+    return [k for k in spec if pattern.match(str(k))]
+
+
+def _check_model_channels(model: Restorer, cfg: TrainConfig, data: TrainingData, device: torch.device) -> None:
+    """Refuse, before anything is written, a model that cannot take the training images' channel count.
+
+    One forward on a blank training-size patch; it counts as a channel mismatch only when the other channel count
+    runs, so a probe failing for any other reason never stops a run (the first step reports such errors).
+    """
+    # images handed to `train` in memory need not follow data.channels; files are converted to it on load
+    first = (data.inputs or data.targets or [None])[0]
+    c = int(first.shape[0]) if first is not None else cfg.data.channels
+    if c not in (1, 3):
+        return
+    patch = stage_at(0, cfg.data).patch_size
+    kernel = torch.full((5, 5), 1 / 25, device=device)
+
+    def runs(channels: int) -> Exception | None:
+        x = torch.full((1, channels, patch, patch), 0.5, device=device)
+        cond = {"sigma": 25 / 255 if model.needs_sigma else None, "kernel": kernel if model.needs_kernel else None}
+        try:
+            model(x, **cond)
+        except Exception as exc:  # noqa: BLE001 - any failure; only a channel mismatch is reported here
+            return exc
+        return None
+
+    was_training = model.training
+    # the probe must not shift the seeded RNG streams (bit-identical resume) nor update batch-norm statistics
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        model.eval()
+        try:
+            failure = runs(c)
+            other = 3 if c == 1 else 1
+            if failure is None or runs(other) is not None:
+                return
+        finally:
+            model.train(was_training)
+    keys = [k for k in _channel_keys(cfg.model) if cfg.model[k] == other]
+    where = ", ".join(f"model.{k}: {other}" for k in keys) if keys else "its default input channels"
+    fix = f"model.{keys[0]}: {c}" if keys else f"the model's input-channel key to {c}"
+    if c == cfg.data.channels:
+        raise RobustirError(f"data.channels is {c} but the model ({model.name}) takes {other}-channel images "
+                            f"({where}): set data.channels: {other} or {fix} ({failure})")
+    raise RobustirError(f"the training images have {c} channel(s) but the model ({model.name}) takes {other}-channel "
+                        f"images ({where}): give {other}-channel images or set {fix} ({failure})")
 
 
 def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData | None, data_root: str | None,
@@ -279,6 +379,7 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
 
     torch.manual_seed(derive_seed(seed, "init", 0))  # the initial weights depend on the seed only
     model = build_restorer(cfg.model).to(device)
+    _check_model_channels(model, cfg, data, device)  # before train.out is created: a mismatch would fail at step 0
     _warn_tracked_instance_norms(model)
     channels_last = _use_channels_last(cfg, device)
     if channels_last:
@@ -371,8 +472,8 @@ def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData |
             per_sample = loss_fn(pred.float(), targets.float())
         loss = per_sample.mean()
         if not bool(torch.isfinite(loss)):
-            raise RobustirError(f"training diverged at step {step}: loss is {float(loss)} (lower optim.lr, set "
-                                f"train.grad_clip, or check the data)")
+            raise RobustirError(f"training diverged at step {step}: loss is {float(loss.detach())} (lower optim.lr, "
+                                f"set train.grad_clip, or check the data)")
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
