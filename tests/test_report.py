@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from robustir.errors import RobustirError
 from robustir.experiments.db import JobResult, ResultsDB
 from robustir.report.build import build_report, load_summary
 from robustir.report.published import lookup, published
@@ -126,3 +128,31 @@ def test_html_report_in_a_real_browser(tmp_path: Path) -> None:
         assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_report_reads_without_writing(tmp_path: Path) -> None:
+    # an empty or foreign database must be refused as it is: reading never creates tables in it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.sqlite").write_bytes(b"")
+    with pytest.raises(RobustirError, match="not a robustir results database"):
+        load_summary(empty)
+    assert (empty / "results.sqlite").stat().st_size == 0
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    conn = sqlite3.connect(foreign / "results.sqlite")
+    conn.execute("CREATE TABLE photos (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = (foreign / "results.sqlite").read_bytes()
+    with pytest.raises(RobustirError, match=r"not a robustir results database \(tables: photos\)"):
+        load_summary(foreign)
+    assert (foreign / "results.sqlite").read_bytes() == before
+    # a real database keeps its bytes through a report read
+    real = tmp_path / "real"
+    with ResultsDB(real / "results.sqlite") as db:
+        db.set_meta({"experiment": "x"})
+    before = (real / "results.sqlite").read_bytes()
+    with pytest.raises(RobustirError, match="no finished jobs"):
+        load_summary(real)
+    assert (real / "results.sqlite").read_bytes() == before

@@ -69,10 +69,23 @@ class JobResult:
 class ResultsDB:
     """The results database of one experiment output folder."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if read_only:
+                # readers (reports, output-folder checks) must never create tables in, or otherwise change, a file
+                # that may not even be ours
+                if not self.path.is_file():
+                    raise RobustirError(f"{self.path}: no results database")
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
+                                            isolation_level=None)
+                tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"meta", "jobs", "metrics", "losses"} <= tables:
+                    self.conn.close()
+                    raise RobustirError(f"{self.path}: not a robustir results database (tables: "
+                                        f"{', '.join(sorted(tables)) or 'none'})")
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")

@@ -49,9 +49,10 @@ def _check_output(exp: Experiment, force: bool, extend: bool) -> bool:
     """Refuse an output folder holding another experiment's results (unless `force` or `extend` for an edited version
     of the same experiment, whose still-valid jobs `_drop_stale` keeps); True when `_discard_results` must run."""
     db_path = exp.output / DB_NAME
-    if not db_path.exists():
-        return False
-    with ResultsDB(db_path) as db:
+    wal = exp.output / f"{DB_NAME}-wal"
+    if not db_path.exists() or (db_path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size)):
+        return False  # an empty file holds nothing to protect; anything else must be a robustir database
+    with ResultsDB(db_path, read_only=True) as db:
         existing = db.get_meta("fingerprint")
         other_name = db.get_meta("experiment")
         recorded = len(db.finished_keys())
@@ -78,7 +79,7 @@ def _discard_results(out_dir: Path) -> None:
 def _remove_if_empty(out_dir: Path, created_dir: bool) -> None:
     """After a run that failed before recording any job, delete the database it created (and the folder, if this
     run created it and nothing else is in it), so no empty result set is left behind."""
-    with ResultsDB(out_dir / DB_NAME) as db:
+    with ResultsDB(out_dir / DB_NAME, read_only=True) as db:
         if db.finished_keys():
             return
     for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):

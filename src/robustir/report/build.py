@@ -39,7 +39,7 @@ def load_summary(out_dir: Path) -> Summary:
     db_path = out_dir / DB_NAME
     if not db_path.is_file():
         raise RobustirError(f"{out_dir}: no results database ({DB_NAME}); run an experiment into it first")
-    with ResultsDB(db_path) as db:
+    with ResultsDB(db_path, read_only=True) as db:
         config = json.loads(db.get_meta("config") or "{}")
         rows = db.rows()
     if not rows:
