@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from image_folders import random_image_folder, tree_bytes
 from robustir.cli import main
 from robustir.data import DegradedImages, load_image, load_tensors, save_image, tensors_metadata
 from robustir.data.degrade import blur_noise, noise
@@ -20,16 +21,6 @@ from robustir.data.degrade import blur_noise, noise
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _folder(path: Path, names: list[str], shape: tuple[int, ...], seed: int = 0) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(path / name)
-    return path
-
-
-def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_help_and_info(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,7 +56,7 @@ def test_builtin_datasets_without_a_data_root(tmp_path: Path, monkeypatch: pytes
 
 def test_degrade_noise_matches_the_dataset_and_is_idempotent(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "clean", ["a.png", "b.png"], (12, 10, 3))
+    src = random_image_folder(tmp_path / "clean", ["a.png", "b.png"], (12, 10, 3))
     out = tmp_path / "out"
     assert main(["degrade", str(src), "--out", str(out), "--sigma", "25", "--seed", "3"]) == 0
     assert "wrote 2 degraded images" in capsys.readouterr().out
@@ -79,14 +70,14 @@ def test_degrade_noise_matches_the_dataset_and_is_idempotent(tmp_path: Path,
         png = load_image(out / "input" / f"{stem}.png")
         torch.testing.assert_close(png, torch.round(expected[i]["input"].clamp(0, 1) * 255) / 255, rtol=0, atol=1e-6)
         assert tensors_metadata(out / "tensors" / f"{stem}.safetensors")["seed"] == "3"
-    first = _tree_bytes(out)
+    first = tree_bytes(out)
     assert main(["degrade", str(src), "--out", str(out), "--sigma", "25", "--seed", "3"]) == 0
-    assert _tree_bytes(out) == first
+    assert tree_bytes(out) == first
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
 def test_degrade_kernel_file_16bit_and_gray(tmp_path: Path) -> None:
-    src = _folder(tmp_path / "clean", ["a.png"], (20, 16, 3))
+    src = random_image_folder(tmp_path / "clean", ["a.png"], (20, 16, 3))
     k = np.zeros((5, 5), np.float32)
     k[2, 1:4] = 1.0
     np.save(tmp_path / "k.npy", k)
@@ -125,7 +116,7 @@ def test_degrade_levin_and_motion_kernels(tmp_path: Path, data_root: Path) -> No
 ])
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                  message: str) -> None:
-    src = _folder(tmp_path / "clean", ["a.png"], (8, 8))
+    src = random_image_folder(tmp_path / "clean", ["a.png"], (8, 8))
     out = tmp_path / "out"
     argv = [a.format(src=src, tmp=tmp_path) for a in args] + ["--out", str(out)]
     assert main(argv) == 2
@@ -144,7 +135,7 @@ def test_cli_error_in_a_subprocess(tmp_path: Path) -> None:
 
 
 def test_file_system_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "clean", ["a.png"], (8, 8))
+    src = random_image_folder(tmp_path / "clean", ["a.png"], (8, 8))
     (tmp_path / "afile").write_text("a file where the output folder should go")
     assert main(["degrade", str(src), "--sigma", "5", "--out", str(tmp_path / "afile" / "sub")]) == 2
     err = capsys.readouterr().err  # the progress bar may come first
@@ -166,7 +157,7 @@ def test_file_system_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_score_matches_scikit_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    ref = _folder(tmp_path / "ref", ["x.png", "y.png"], (24, 20, 3))
+    ref = random_image_folder(tmp_path / "ref", ["x.png", "y.png"], (24, 20, 3))
     res = tmp_path / "res"
     g = torch.Generator().manual_seed(0)
     for name in ("x", "y"):
@@ -191,16 +182,16 @@ def test_score_matches_scikit_image(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ref = _folder(tmp_path / "ref", ["a.png", "b.png"], (16, 16))
-    res = _folder(tmp_path / "res", ["a.png", "c.png"], (16, 16))
+    ref = random_image_folder(tmp_path / "ref", ["a.png", "b.png"], (16, 16))
+    res = random_image_folder(tmp_path / "res", ["a.png", "c.png"], (16, 16))
     assert main(["score", str(res), str(ref)]) == 2
     assert "1 restoration(s) have no reference with the same name (e.g. c)" in capsys.readouterr().err
-    only_a = _folder(tmp_path / "only_a", ["a.png"], (16, 16))
+    only_a = random_image_folder(tmp_path / "only_a", ["a.png"], (16, 16))
     assert main(["score", str(only_a), str(ref)]) == 2
     assert "--allow-missing" in capsys.readouterr().err
     assert main(["score", str(only_a), str(ref), "--allow-missing"]) == 0
     capsys.readouterr()
-    bad = _folder(tmp_path / "bad", ["a.png"], (16, 17))
+    bad = random_image_folder(tmp_path / "bad", ["a.png"], (16, 17))
     assert main(["score", str(bad), str(ref), "--allow-missing"]) == 2
     err = capsys.readouterr().err
     assert "size mismatch" in err and "a.png" in err
@@ -212,7 +203,7 @@ def test_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_degrade_then_score_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "clean", ["a.png", "b.png"], (16, 16))
+    src = random_image_folder(tmp_path / "clean", ["a.png", "b.png"], (16, 16))
     out = tmp_path / "deg"
     assert main(["degrade", str(src), "--out", str(out), "--sigma", "10"]) == 0
     assert main(["score", str(out / "input"), str(out / "target")]) == 0
@@ -248,6 +239,6 @@ def test_demo_runs_restores_and_is_idempotent(tmp_path: Path, capsys: pytest.Cap
     assert load_image(out / "images" / "noise-25" / "astronaut_clean.png").shape == (3, 48, 48)
     md = (out / "results.md").read_text()
     assert "## Mean over images" in md and "| degradation | restorer |" in md
-    first = _tree_bytes(out)
+    first = tree_bytes(out)
     assert main(["demo", "--out", str(out), "--size", "48"]) == 0
-    assert _tree_bytes(out) == first
+    assert tree_bytes(out) == first

@@ -11,22 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from image_folders import random_image_folder, tree_bytes
 from robustir.cli import main
 from robustir.degradations import load_kernels
 from robustir.errors import RobustirError
 from robustir.train.deblur import check_crop, heldout_set
 
 
-def _folder(path: Path, names: list[str], shape: tuple[int, ...], seed: int = 0) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(path / name)
-    return path
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _kernel_file(tmp_path: Path) -> Path:
@@ -48,7 +39,7 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_unreadable_image_is_reported_before_anything_is_written(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "src", ["a.png"], (16, 16, 3))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (16, 16, 3))
     (src / "b.png").write_text("not an image\n")
     out = tmp_path / "work" / "out"
     assert main(["degrade", str(src), "--sigma", "25", "--out", str(out)]) == 2
@@ -59,9 +50,9 @@ def test_unreadable_image_is_reported_before_anything_is_written(tmp_path: Path,
     # an existing output folder keeps exactly what it held
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
-    before = _tree(out)
+    before = tree_bytes(out)
     assert main(["degrade", str(src), "--sigma", "25", "--out", str(out)]) == 2
-    assert _tree(out) == before
+    assert tree_bytes(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
 
 
@@ -69,12 +60,12 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path: Path, capsys: 
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import robustir.data.pipeline as pipeline
 
-    src = _folder(tmp_path / "src", ["a.png", "b.png", "c.png"], (16, 16))
+    src = random_image_folder(tmp_path / "src", ["a.png", "b.png", "c.png"], (16, 16))
     out = tmp_path / "out"
     out.mkdir()
     (out / "input").mkdir()
     (out / "input" / "old.png").write_bytes(b"kept")
-    before = _tree(out)
+    before = tree_bytes(out)
     real, calls = pipeline.save_image, []
 
     def flaky(*args: object, **kwargs: object) -> None:
@@ -86,12 +77,12 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path: Path, capsys: 
     monkeypatch.setattr(pipeline, "save_image", flaky)
     assert main(["degrade", str(src), "--sigma", "25", "--out", str(out)]) == 2
     assert "No space left on device" in _error(capsys)
-    assert _tree(out) == before
+    assert tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
     monkeypatch.setattr(pipeline, "save_image", real)
     assert main(["degrade", str(src), "--sigma", "25", "--out", str(out)]) == 0
-    after = _tree(out)
+    after = tree_bytes(out)
     assert after["input/old.png"] == b"kept"  # files from before are never deleted
     for stem in "abc":
         assert {f"input/{stem}.png", f"target/{stem}.png", f"tensors/{stem}.safetensors"} <= set(after)
@@ -100,12 +91,12 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path: Path, capsys: 
 
 
 def test_output_into_a_new_nested_folder_matches_a_direct_run(tmp_path: Path) -> None:
-    src = _folder(tmp_path / "src", ["a.png", "b.png"], (16, 16, 3))
+    src = random_image_folder(tmp_path / "src", ["a.png", "b.png"], (16, 16, 3))
     first, second = tmp_path / "x" / "y" / "out", tmp_path / "out2"
     assert main(["degrade", str(src), "--sigma", "10", "--seed", "4", "--out", str(first)]) == 0
     second.mkdir()
     assert main(["degrade", str(src), "--sigma", "10", "--seed", "4", "--out", str(second)]) == 0
-    assert _tree(first) == _tree(second) and len(_tree(first)) == 7
+    assert tree_bytes(first) == tree_bytes(second) and len(tree_bytes(first)) == 7
     assert sorted(p.name for p in first.parent.iterdir()) == ["out"]  # no staging folder left beside it
 
 
@@ -119,7 +110,7 @@ def test_output_into_a_new_nested_folder_matches_a_direct_run(tmp_path: Path) ->
 @pytest.mark.parametrize("with_kernel", [False, True])
 def test_bad_sigma_is_named_with_or_without_a_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       sigma: str, message: str, with_kernel: bool) -> None:
-    src = _folder(tmp_path / "src", ["a.png"], (16, 16))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (16, 16))
     out = tmp_path / "out"
     kernel = ["--kernel", str(_kernel_file(tmp_path))] if with_kernel else []
     assert main(["degrade", str(src), "--sigma", sigma, *kernel, "--out", str(out)]) == 2
@@ -129,7 +120,7 @@ def test_bad_sigma_is_named_with_or_without_a_kernel(tmp_path: Path, capsys: pyt
 
 
 def test_zero_sigma_without_kernel_is_still_nothing_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "src", ["a.png"], (16, 16))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (16, 16))
     assert main(["degrade", str(src), "--sigma", "0", "--out", str(tmp_path / "out")]) == 2
     assert "nothing to do" in _error(capsys)
     assert not (tmp_path / "out").exists()
@@ -137,7 +128,7 @@ def test_zero_sigma_without_kernel_is_still_nothing_to_do(tmp_path: Path, capsys
 
 @pytest.mark.parametrize("size", ["0", "-4"])
 def test_non_positive_size_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str) -> None:
-    src = _folder(tmp_path / "src", ["a.png"], (16, 16))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (16, 16))
     out = tmp_path / "out"
     assert main(["degrade", str(src), "--sigma", "25", "--size", size, "--out", str(out)]) == 2
     assert _error(capsys) == f"error: --size: expected a positive image size in pixels, got {size}"
@@ -147,7 +138,7 @@ def test_non_positive_size_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_positive_size_still_resizes(tmp_path: Path) -> None:
     from robustir.data import load_image
 
-    src = _folder(tmp_path / "src", ["a.png"], (16, 16))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (16, 16))
     out = tmp_path / "out"
     assert main(["degrade", str(src), "--sigma", "25", "--size", "12", "--out", str(out)]) == 0
     assert tuple(load_image(out / "target" / "a.png").shape) == (1, 12, 12)
@@ -187,7 +178,7 @@ def test_pickles_are_refused_without_suggesting_unsafe_loading(tmp_path: Path) -
 
 
 def test_text_npy_kernel_in_degrade_and_attack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "src", ["a.png"], (16, 16))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (16, 16))
     kernel = tmp_path / "k.npy"
     kernel.write_text("hello\n")
     for argv, out in ((["degrade", str(src), "--sigma", "1", "--kernel", str(kernel), "--out", str(tmp_path / "d")],
@@ -214,7 +205,7 @@ def test_check_crop_names_the_kernel_and_the_ssim_window() -> None:
 
 def test_deblur_eval_refuses_crops_smaller_than_the_levin_kernels(tmp_path: Path, data_root: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "src", ["a.png"], (40, 40, 3))
+    src = random_image_folder(tmp_path / "src", ["a.png"], (40, 40, 3))
     base = ["deblur-eval", "--wiener", "--dataset", str(src), "--n-images", "1", "--data-root", str(data_root)]
     assert main([*base, "--crop", "16"]) == 2
     assert _error(capsys) == ("error: --crop: the 16x16 crop is smaller than the 27x27 blur kernel (the largest "
@@ -226,7 +217,7 @@ def test_deblur_eval_refuses_crops_smaller_than_the_levin_kernels(tmp_path: Path
 
 def test_deblur_eval_says_when_gray_images_become_rgb(tmp_path: Path, data_root: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    gray = _folder(tmp_path / "gray", ["a.png", "b.png"], (32, 32))
+    gray = random_image_folder(tmp_path / "gray", ["a.png", "b.png"], (32, 32))
     argv = ["deblur-eval", "--model", '{"type": "Wiener", "nsr": 0.01}', "--dataset", str(gray), "--n-images", "1",
             "--crop", "27", "--data-root", str(data_root)]
     assert main(argv) == 0
@@ -234,7 +225,7 @@ def test_deblur_eval_says_when_gray_images_become_rgb(tmp_path: Path, data_root:
     note = "1 of 1 images are gray (a.png) and were converted to RGB (gray channel repeated)"
     assert captured.err.strip().splitlines() == [f"warning: {gray}: {note}"]
     assert json.loads(captured.out)["heldout"]["channels"] == note
-    rgb = _folder(tmp_path / "rgb", ["a.png"], (32, 32, 3))
+    rgb = random_image_folder(tmp_path / "rgb", ["a.png"], (32, 32, 3))
     assert main([*argv[:4], str(rgb), *argv[5:]]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.err and "channels" not in json.loads(captured.out)["heldout"]
