@@ -28,10 +28,11 @@ from robustir.models.registry import CallConvention, register_model
 from robustir.train.deblur import evaluate_deblur, heldout_set, wiener_model
 
 
-def head_ceiling(*, channels: int = 12, iters: int = 3000, pairs: int = 16, seed: int = 0) -> dict[str, float]:
+def head_ceiling(*, channels: int = 12, iters: int = 3000, pairs: int = 16, seed: int = 0,
+                 root: str | None = None) -> dict[str, float]:
     """Fit the head alone (free features + shared conv) to `pairs` held-out pairs; PSNRs of the fit and of Wiener."""
     torch.manual_seed(seed)
-    data = heldout_set()
+    data = heldout_set(root=root)
     idx = torch.arange(0, len(data), max(1, len(data) // pairs))[:pairs]  # every kernel, several images
     sub = replace(data, clean=data.clean[idx], blurred=data.blurred[idx], kernel=data.kernel[idx],
                   sigma=data.sigma[idx], image_id=data.image_id[idx], kernel_id=data.kernel_id[idx])
