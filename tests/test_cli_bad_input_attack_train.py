@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli import _folder, _tree_bytes
+from image_folders import random_image_folder, tree_bytes
 from test_train import TINY, images, tiny_config
 
 from robustir.cli import main
@@ -28,7 +28,7 @@ def _attack(src: Path, out: Path, *extra: str, sigma: str = "25") -> int:
 @pytest.mark.parametrize("sigma", ["-5", "nan", "inf"])
 def test_attack_bad_sigma_is_refused_before_any_output(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        sigma: str) -> None:
-    src = _folder(tmp_path / "in", ["a.png"], (16, 16))
+    src = random_image_folder(tmp_path / "in", ["a.png"], (16, 16))
     out = tmp_path / "new" / "out"
     assert _attack(src, out, sigma=sigma) == 2
     err = capsys.readouterr().err
@@ -37,7 +37,7 @@ def test_attack_bad_sigma_is_refused_before_any_output(tmp_path: Path, capsys: p
 
 
 def test_attack_failing_mid_run_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _folder(tmp_path / "in", ["a.png", "b.png"], (16, 16))
+    src = random_image_folder(tmp_path / "in", ["a.png", "b.png"], (16, 16))
     # noise this large makes the model output non-finite: the attack fails at step 0, after the checks passed
     fresh = tmp_path / "fresh" / "out"
     assert _attack(src, fresh, sigma="1e38") == 2
@@ -51,24 +51,24 @@ def test_attack_failing_mid_run_leaves_no_output(tmp_path: Path, capsys: pytest.
 
 
 def test_attack_refuses_an_out_holding_another_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    both = _folder(tmp_path / "both", ["a.png", "b.png"], (16, 16))
-    only_a = _folder(tmp_path / "only_a", ["a.png"], (16, 16))
+    both = random_image_folder(tmp_path / "both", ["a.png", "b.png"], (16, 16))
+    only_a = random_image_folder(tmp_path / "only_a", ["a.png"], (16, 16))
     out = tmp_path / "out"
     assert _attack(both, out) == 0
-    first = _tree_bytes(out)
+    first = tree_bytes(out)
     assert "adversarial/b.safetensors" in first and "attack.json" in first
     assert _attack(both, out) == 0  # the identical command again: same files
-    assert _tree_bytes(out) == first
+    assert tree_bytes(out) == first
     capsys.readouterr()
     assert _attack(only_a, out) == 2
     err = capsys.readouterr().err
     assert f"--out {out} already holds the results of another attack run (settings that differ: input, images)" in err
     assert "--force" in err
-    assert _tree_bytes(out) == first  # refused: untouched
+    assert tree_bytes(out) == first  # refused: untouched
     (out / "notes.txt").write_text("mine")
     assert _attack(only_a, out, "--force") == 0
     # the first run's outputs are gone (b's above all), the user's own file is kept
-    assert set(_tree_bytes(out)) == {"notes.txt", "attack.json", "metrics.csv", "adversarial/a.safetensors",
+    assert set(tree_bytes(out)) == {"notes.txt", "attack.json", "metrics.csv", "adversarial/a.safetensors",
                                      "previews/a_adv.png", "restored/a_clean.png", "restored/a_adv.png",
                                      "perturbation/a.png"}
     with open(out / "metrics.csv", newline="") as fh:
@@ -83,7 +83,7 @@ def test_attack_refuses_an_out_holding_another_run(tmp_path: Path, capsys: pytes
 
 def test_train_channel_mismatch_names_both_keys_and_writes_nothing(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    data = _folder(tmp_path / "rgb", ["a.png", "b.png"], (24, 24, 3))
+    data = random_image_folder(tmp_path / "rgb", ["a.png", "b.png"], (24, 24, 3))
     run = tmp_path / "runs" / "r"
     cfg = tiny_config(run, data={"train": str(data), "channels": 3}, train={"steps": 2})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -125,7 +125,7 @@ def test_train_failing_before_the_first_checkpoint_leaves_no_stub(tmp_path: Path
     cfg = config_from_dict(tiny_config(mine, train={"steps": 4, "ckpt_every": 4, "log_every": 1}))
     with pytest.raises(RobustirError, match="boom"):
         train(cfg, data=data, progress=False)
-    assert _tree_bytes(mine) == {"notes.txt": b"mine", "config.yaml": b"# an older config\n"}
+    assert tree_bytes(mine) == {"notes.txt": b"mine", "config.yaml": b"# an older config\n"}
     # after a checkpoint the run is resumable: its folder stays
     cfg = config_from_dict(tiny_config(run, train={"steps": 4, "ckpt_every": 1, "log_every": 1}))
     with pytest.raises(RobustirError, match="boom"):
