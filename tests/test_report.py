@@ -156,3 +156,4 @@ def test_report_reads_without_writing(tmp_path: Path) -> None:
     with pytest.raises(RobustirError, match="no finished jobs"):
         load_summary(real)
     assert (real / "results.sqlite").read_bytes() == before
+    assert sorted(p.name for p in real.iterdir()) == ["results.sqlite"]  # no WAL files left behind by the reader

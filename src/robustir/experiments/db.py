@@ -77,8 +77,10 @@ class ResultsDB:
                 # that may not even be ours
                 if not self.path.is_file():
                     raise RobustirError(f"{self.path}: no results database")
-                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
-                                            isolation_level=None)
+                # query_only rather than a mode=ro URI: a read-only connection cannot clean up the WAL files when it
+                # closes last, and would leave results.sqlite-wal/-shm next to every database it read
+                self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                self.conn.execute("PRAGMA query_only = ON")
                 tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if not {"meta", "jobs", "metrics", "losses"} <= tables:
                     self.conn.close()
