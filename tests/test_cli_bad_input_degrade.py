@@ -63,8 +63,7 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path: Path, capsys: 
     src = random_image_folder(tmp_path / "src", ["a.png", "b.png", "c.png"], (16, 16))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "input").mkdir()
-    (out / "input" / "old.png").write_bytes(b"kept")
+    (out / "notes.txt").write_bytes(b"kept")
     before = tree_bytes(out)
     real, calls = pipeline.save_image, []
 
@@ -83,7 +82,7 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path: Path, capsys: 
     monkeypatch.setattr(pipeline, "save_image", real)
     assert main(["degrade", str(src), "--sigma", "25", "--out", str(out)]) == 0
     after = tree_bytes(out)
-    assert after["input/old.png"] == b"kept"  # files from before are never deleted
+    assert after["notes.txt"] == b"kept"  # files that are not degrade outputs are never deleted
     for stem in "abc":
         assert {f"input/{stem}.png", f"target/{stem}.png", f"tensors/{stem}.safetensors"} <= set(after)
     assert json.loads(after["degrade.json"])["count"] == 3
@@ -98,6 +97,33 @@ def test_output_into_a_new_nested_folder_matches_a_direct_run(tmp_path: Path) ->
     assert main(["degrade", str(src), "--sigma", "10", "--seed", "4", "--out", str(second)]) == 0
     assert tree_bytes(first) == tree_bytes(second) and len(tree_bytes(first)) == 7
     assert sorted(p.name for p in first.parent.iterdir()) == ["out"]  # no staging folder left beside it
+
+
+def test_an_out_holding_another_runs_images_is_refused_unless_forced(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    both = random_image_folder(tmp_path / "both", ["a.png", "b.png"], (16, 16))
+    only_a = random_image_folder(tmp_path / "only_a", ["a.png"], (16, 16))
+    out = tmp_path / "out"
+    assert main(["degrade", str(both), "--sigma", "25", "--out", str(out)]) == 0
+    first = tree_bytes(out)
+    assert main(["degrade", str(both), "--sigma", "25", "--out", str(out)]) == 0  # the same run again: fine
+    assert tree_bytes(out) == first
+    # b.png's pair would stay beside a's and be read as one paired folder with it
+    assert main(["degrade", str(only_a), "--sigma", "15", "--out", str(out)]) == 2
+    line = _error(capsys)
+    assert "already holds images degraded by another run" in line and "source, count, sigma" in line
+    assert "--force" in line and tree_bytes(out) == first
+    (out / "notes.txt").write_text("mine")
+    assert main(["degrade", str(only_a), "--sigma", "15", "--out", str(out), "--force"]) == 0
+    after = tree_bytes(out)
+    assert set(after) == {"notes.txt", "degrade.json", "input/a.png", "target/a.png", "tensors/a.safetensors"}
+    assert json.loads(after["degrade.json"])["sigma"] == 15
+    # an output folder without a degrade.json is somebody else's: refused too
+    legacy = tmp_path / "legacy"
+    (legacy / "input").mkdir(parents=True)
+    (legacy / "input" / "x.png").write_bytes(b"?")
+    assert main(["degrade", str(only_a), "--sigma", "15", "--out", str(legacy)]) == 2
+    assert "input without a degrade.json" in _error(capsys)
 
 
 # -------------------------------------------------------------------------------------------- degrade: option checks

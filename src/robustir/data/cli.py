@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import json
 import os
 import platform
 import secrets
@@ -104,10 +105,13 @@ def _channels(value: str) -> int | None:
 @click.option("--channels", default="keep", show_default=True, type=click.Choice(["keep", "gray", "rgb"]))
 @click.option("--size", default=None, type=int, help="Resize images to SIZE x SIZE (CelebA-HQ default 256).")
 @click.option("--limit", default=None, type=int, help="Only the first N images.")
+@click.option("--force", is_flag=True,
+              help="--out holds images degraded with other settings: replace them (its input/, target/, tensors/ "
+                   "and degrade.json are removed once this run succeeds).")
 @_DATA_ROOT
 @_os_errors
 def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: str, seed: int, bits: str,
-            channels: str, size: int | None, limit: int | None, data_root: str | None) -> None:
+            channels: str, size: int | None, limit: int | None, force: bool, data_root: str | None) -> None:
     """Degrade a folder or named dataset (SOURCE) with blur and/or noise.
 
     Writes OUT/input/*.png (degraded), OUT/target/*.png (clean), OUT/tensors/*.safetensors (lossless float
@@ -115,7 +119,7 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
     """
     from robustir.checks import check_positive
     from robustir.data.datasets import ImageFolder
-    from robustir.data.pipeline import DegradeSpec, degrade_folder, kernel_from_spec
+    from robustir.data.pipeline import DegradeSpec, degrade_folder, degrade_settings, kernel_from_spec
 
     # options first, in a fixed order, so that each bad value is named as itself (a negative sigma is not "nothing
     # to do") and before any image is decoded
@@ -131,11 +135,38 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
     clean = ImageFolder(source, root=data_root, channels=_channels(channels), size=size, limit=limit)
     _check_images(clean.paths)
     spec = DegradeSpec(sigma=sigma, kernel=kernel, boundary=boundary, seed=seed)
+    settings = degrade_settings(source, len(clean.paths), spec, bits=int(bits), channels=_channels(channels),
+                                size=size)
+    _check_degrade_out(Path(out), json.loads(json.dumps(settings)), force)
     with _staged_folder(Path(out)) as staging:
         stems = degrade_folder(source, staging, spec, root=data_root, bits=int(bits), channels=_channels(channels),
                                size=size, limit=limit, progress=True)
     click.echo(f"wrote {len(stems)} degraded images to {Path(out) / 'input'} (clean: {Path(out) / 'target'}, "
                f"lossless: {Path(out) / 'tensors'})")
+
+
+_DEGRADE_OUTPUTS = ("input", "target", "tensors", "degrade.json")
+
+
+def _check_degrade_out(out: Path, settings: dict[str, Any], force: bool) -> None:
+    """Refuse an --out holding images degraded with other settings (unless --force); the same settings are fine.
+
+    `out` is read as one paired folder, so a previous run's extra images next to this run's would be paired and
+    scored as if they were degraded alike.
+    """
+    held = [n for n in _DEGRADE_OUTPUTS if (out / n).is_file() or ((out / n).is_dir() and any((out / n).iterdir()))]
+    if not held or force:
+        return
+    try:
+        previous = json.loads((out / "degrade.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous == settings:
+        return
+    what = ("settings that differ: " + ", ".join(k for k in settings if previous.get(k) != settings[k])
+            if isinstance(previous, dict) else f"{held[0]} without a degrade.json recording its settings")
+    raise RobustirError(f"--out {out} already holds images degraded by another run ({what}); use a new --out "
+                        f"folder, or pass --force to replace them")
 
 
 def _check_images(paths: list[Path]) -> None:
@@ -155,7 +186,7 @@ def _staged_folder(out: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of `out`; on success move its files into `out`, on any error remove it.
 
     A failure part-way (a bad image, a full disk, Ctrl-C) then leaves neither a half-written `out` nor stray files in
-    an existing one; files that were in `out` before are only ever replaced by complete new ones.
+    an existing one; on success a previous run's outputs in `out` are replaced as a whole, other files are kept.
     """
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +198,11 @@ def _staged_folder(out: Path) -> Iterator[Path]:
         if not out.exists():
             os.replace(staging, out)  # one rename on the same file system: `out` appears complete or not at all
             return
+        for name in _DEGRADE_OUTPUTS:  # the previous run's (same settings, or --force): never mixed with ours
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         # degrade.json last: a folder that has it holds every image it lists
         for src in sorted(files, key=lambda p: p.name == "degrade.json"):

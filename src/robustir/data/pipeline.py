@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -120,10 +121,16 @@ def degrade_folder(source: str | os.PathLike, out: str | os.PathLike, spec: Degr
                                "kernel": spec.kernel or "", "seed": str(spec.seed), "index": str(i)})
         save_image(item["input"].clamp(0, 1), outdir / "input" / f"{stem}.png", bits=bits)
         save_image(item["target"], outdir / "target" / f"{stem}.png", bits=bits)
-    settings = {"source": os.fspath(source), "count": len(data), "sigma": spec.sigma, "kernel": spec.kernel,
-                "boundary": spec.boundary, "seed": spec.seed, "bits": bits, "channels": channels, "size": size}
+    settings = degrade_settings(source, len(data), spec, bits=bits, channels=channels, size=size)
     atomic_write_text(outdir / "degrade.json", json.dumps(settings, indent=2) + "\n")
     return stems
+
+
+def degrade_settings(source: str | os.PathLike, count: int, spec: DegradeSpec, *, bits: int = 8,
+                     channels: int | None = None, size: int | None = None) -> dict[str, Any]:
+    """What `degrade_folder` records in `out/degrade.json` (and what tells two degraded folders apart)."""
+    return {"source": os.fspath(source), "count": count, "sigma": spec.sigma, "kernel": spec.kernel,
+            "boundary": spec.boundary, "seed": spec.seed, "bits": bits, "channels": channels, "size": size}
 
 
 # ---------------------------------------------------------------------------------------------------------- score
