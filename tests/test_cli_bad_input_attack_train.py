@@ -76,7 +76,7 @@ def test_attack_refuses_an_out_holding_another_run(tmp_path: Path, capsys: pytes
     # results of a run without attack.json (an older robustir) are not silently mixed either
     (out / "attack.json").unlink()
     assert _attack(only_a, out) == 2
-    assert "without an attack.json" in capsys.readouterr().err
+    assert "without attack.json" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------------------- train

@@ -123,7 +123,7 @@ def test_an_out_holding_another_runs_images_is_refused_unless_forced(tmp_path: P
     (legacy / "input").mkdir(parents=True)
     (legacy / "input" / "x.png").write_bytes(b"?")
     assert main(["degrade", str(only_a), "--sigma", "15", "--out", str(legacy)]) == 2
-    assert "input without a degrade.json" in _error(capsys)
+    assert "input without degrade.json" in _error(capsys)
 
 
 # -------------------------------------------------------------------------------------------- degrade: option checks

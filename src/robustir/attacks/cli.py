@@ -87,32 +87,6 @@ _SUBDIRS = ("adversarial", "previews", "restored", "perturbation")
 _FILES = ("metrics.csv", "attack.json")
 
 
-def _check_out(out: Path, record: dict[str, Any], force: bool) -> None:
-    """Refuse an --out holding another attack run's results (unless --force); re-running the same call is fine.
-
-    A folder mixing two runs (the first run's b.png outputs next to a metrics.csv of a.png only) misleads whoever
-    reads it, so the settings and image list of each run are kept in attack.json and compared.
-    """
-    if not out.is_dir():
-        return
-    held = [name for name in _SUBDIRS if (out / name).is_dir() and any((out / name).iterdir())]
-    held += [name for name in _FILES if (out / name).exists()]
-    if not held or force:
-        return
-    try:
-        previous = json.loads((out / "attack.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        previous = None
-    if previous == record:
-        return
-    if isinstance(previous, dict):
-        what = "settings that differ: " + ", ".join(k for k in record if previous.get(k) != record[k])
-    else:
-        what = f"{held[0]} without an attack.json recording its settings"
-    raise RobustirError(f"--out {out} already holds the results of another attack run ({what}); use a new --out "
-                        f"folder, or pass --force to replace them")
-
-
 def _first_missing(path: Path) -> Path | None:
     """The top-most folder of `path` that does not exist yet (what this call creates), or None."""
     missing = None
@@ -175,6 +149,7 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     from robustir.data import convert_channels
     from robustir.data.io import load_image
     from robustir.data.names import list_images
+    from robustir.data.outputs import check_reusable_output
     from robustir.data.pipeline import format_table, write_csv
 
     if sigma is not None and (not math.isfinite(sigma) or sigma < 0):
@@ -234,7 +209,8 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
               "channels": n_channels, "seed": seed, "input": str(Path(input_dir).resolve()),
               "images": [p.name for p in paths]}
     out = Path(out_dir)
-    _check_out(out, record, force)
+    check_reusable_output(out, _SUBDIRS + _FILES, "attack.json", record, force=force,
+                          held_by="the results of another attack run")
     created = _first_missing(out)
     stage: Path | None = None
     try:

@@ -119,6 +119,7 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
     """
     from robustir.checks import check_positive
     from robustir.data.datasets import ImageFolder
+    from robustir.data.outputs import check_reusable_output
     from robustir.data.pipeline import DegradeSpec, degrade_folder, degrade_settings, kernel_from_spec
 
     # options first, in a fixed order, so that each bad value is named as itself (a negative sigma is not "nothing
@@ -137,7 +138,8 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
     spec = DegradeSpec(sigma=sigma, kernel=kernel, boundary=boundary, seed=seed)
     settings = degrade_settings(source, len(clean.paths), spec, bits=int(bits), channels=_channels(channels),
                                 size=size)
-    _check_degrade_out(Path(out), json.loads(json.dumps(settings)), force)
+    check_reusable_output(Path(out), _DEGRADE_OUTPUTS, "degrade.json", json.loads(json.dumps(settings)),
+                          force=force, held_by="images degraded by another run")
     with _staged_folder(Path(out)) as staging:
         stems = degrade_folder(source, staging, spec, root=data_root, bits=int(bits), channels=_channels(channels),
                                size=size, limit=limit, progress=True)
@@ -146,27 +148,6 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
 
 
 _DEGRADE_OUTPUTS = ("input", "target", "tensors", "degrade.json")
-
-
-def _check_degrade_out(out: Path, settings: dict[str, Any], force: bool) -> None:
-    """Refuse an --out holding images degraded with other settings (unless --force); the same settings are fine.
-
-    `out` is read as one paired folder, so a previous run's extra images next to this run's would be paired and
-    scored as if they were degraded alike.
-    """
-    held = [n for n in _DEGRADE_OUTPUTS if (out / n).is_file() or ((out / n).is_dir() and any((out / n).iterdir()))]
-    if not held or force:
-        return
-    try:
-        previous = json.loads((out / "degrade.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        previous = None
-    if previous == settings:
-        return
-    what = ("settings that differ: " + ", ".join(k for k in settings if previous.get(k) != settings[k])
-            if isinstance(previous, dict) else f"{held[0]} without a degrade.json recording its settings")
-    raise RobustirError(f"--out {out} already holds images degraded by another run ({what}); use a new --out "
-                        f"folder, or pass --force to replace them")
 
 
 def _check_images(paths: list[Path]) -> None:
