@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,27 +85,6 @@ _SUBDIRS = ("adversarial", "previews", "restored", "perturbation")
 _FILES = ("metrics.csv", "attack.json")
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The top-most folder of `path` that does not exist yet (what this call creates), or None."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
-
-
-def _commit(stage: Path, out: Path) -> None:
-    """Replace the previous run's outputs in `out` by the staged ones (other files in `out` are kept)."""
-    for name in _SUBDIRS:
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in _FILES:
-        (out / name).unlink(missing_ok=True)
-    for item in stage.iterdir():
-        item.replace(out / item.name)
-    stage.rmdir()
-
-
 @click.command()
 @click.option("--model", "model_spec", required=True,
               help="Model preset name (see `robustir info`), JSON spec, a .json spec file (a run's model.json), "
@@ -149,7 +126,7 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     from robustir.data import convert_channels
     from robustir.data.io import load_image
     from robustir.data.names import list_images
-    from robustir.data.outputs import check_reusable_output
+    from robustir.data.outputs import check_reusable_output, staged_output
     from robustir.data.pipeline import format_table, write_csv
 
     if sigma is not None and (not math.isfinite(sigma) or sigma < 0):
@@ -211,25 +188,14 @@ def attack(model_spec: str, weights: str | None, attack_name: str, eps: str | No
     out = Path(out_dir)
     check_reusable_output(out, _SUBDIRS + _FILES, "attack.json", record, force=force,
                           held_by="the results of another attack run")
-    created = _first_missing(out)
-    stage: Path | None = None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # everything goes to a staging folder first: a failure mid-way leaves --out as it was
-        stage = Path(tempfile.mkdtemp(prefix=".attack-partial-", dir=out))
+    # everything goes to a staging folder first: a failure mid-way leaves --out as it was
+    with staged_output(out, _SUBDIRS + _FILES, last="attack.json") as stage:
         for sub in _SUBDIRS:
             (stage / sub).mkdir()
         rows = _attack_all(paths, load, atk, model, cond, kernel, sigma, seed, key, input_dir, stage, options,
                            model_spec, eps_show)
         write_csv(rows, stage / "metrics.csv")
         (stage / "attack.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        _commit(stage, out)
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        elif stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        raise
     click.echo(format_table(rows, columns=("clean_psnr", "adv_psnr", "psnr_drop", "clean_ssim", "adv_ssim")))
     click.echo(f"wrote {len(rows)} adversarial inputs to {out / 'adversarial'} and metrics to {out / 'metrics.csv'}")
 

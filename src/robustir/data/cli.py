@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import json
-import os
 import platform
-import secrets
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +115,7 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
     """
     from robustir.checks import check_positive
     from robustir.data.datasets import ImageFolder
-    from robustir.data.outputs import check_reusable_output
+    from robustir.data.outputs import check_reusable_output, staged_output
     from robustir.data.pipeline import DegradeSpec, degrade_folder, degrade_settings, kernel_from_spec
 
     # options first, in a fixed order, so that each bad value is named as itself (a negative sigma is not "nothing
@@ -140,7 +136,7 @@ def degrade(source: str, out: str, sigma: float, kernel: str | None, boundary: s
                                 size=size)
     check_reusable_output(Path(out), _DEGRADE_OUTPUTS, "degrade.json", json.loads(json.dumps(settings)),
                           force=force, held_by="images degraded by another run")
-    with _staged_folder(Path(out)) as staging:
+    with staged_output(Path(out), _DEGRADE_OUTPUTS, last="degrade.json") as staging:
         stems = degrade_folder(source, staging, spec, root=data_root, bits=int(bits), channels=_channels(channels),
                                size=size, limit=limit, progress=True)
     click.echo(f"wrote {len(stems)} degraded images to {Path(out) / 'input'} (clean: {Path(out) / 'target'}, "
@@ -160,43 +156,6 @@ def _check_images(paths: list[Path]) -> None:
         warnings.simplefilter("ignore")  # the degrade pass reads them again and warns there (alpha dropped, ...)
         for path in paths:
             load_image(path)
-
-
-@contextlib.contextmanager
-def _staged_folder(out: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `out`; on success move its files into `out`, on any error remove it.
-
-    A failure part-way (a bad image, a full disk, Ctrl-C) then leaves neither a half-written `out` nor stray files in
-    an existing one; on success a previous run's outputs in `out` are replaced as a whole, other files are kept.
-    """
-    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir, not tempfile.mkdtemp: the folder becomes `out`, so it gets the usual umask permissions, not 0700
-    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    staging.mkdir()
-    try:
-        yield staging
-        if not out.exists():
-            os.replace(staging, out)  # one rename on the same file system: `out` appears complete or not at all
-            return
-        for name in _DEGRADE_OUTPUTS:  # the previous run's (same settings, or --force): never mixed with ours
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            else:
-                (out / name).unlink(missing_ok=True)
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
-        # degrade.json last: a folder that has it holds every image it lists
-        for src in sorted(files, key=lambda p: p.name == "degrade.json"):
-            dest = out / src.relative_to(staging)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
-        shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # only the (empty) parent folders this call made, innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 @click.command()

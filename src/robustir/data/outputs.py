@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +35,47 @@ def check_reusable_output(out: Path, outputs: Sequence[str], record_file: str, r
             if isinstance(previous, dict) else f"{held[0]} without {record_file} recording its settings")
     raise RobustirError(f"--out {out} already holds {held_by} ({what}); use a new --out folder, or pass --force to "
                         f"replace them")
+
+
+def first_missing(path: Path) -> Path | None:
+    """The top-most folder of `path` (itself or a parent) that does not exist yet, or None: what a call creates."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, outputs: Sequence[str], *, last: str | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder beside `out`; on success its entries replace `outputs` in `out`, else it goes.
+
+    A failure part-way (a bad image, a full disk, Ctrl-C) leaves neither a half-written `out` nor stray files in an
+    existing one, and removes the folders this call created; on success the previous run's `outputs` are replaced as
+    a whole (never mixed with the new ones), other files in `out` are kept, and the entry `last` (the record that
+    lists the rest) is moved in last.
+    """
+    created = first_missing(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # os.mkdir, not tempfile.mkdtemp: the folder may become `out`, so it gets the usual umask permissions, not 0700
+    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+        if not out.exists():
+            os.replace(staging, out)  # one rename on the same file system: `out` appears complete or not at all
+            return
+        for name in outputs:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+        for item in sorted(staging.iterdir(), key=lambda p: p.name == last):
+            os.replace(item, out / item.name)
+        staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

@@ -279,11 +279,9 @@ class _OutputState:
     @classmethod
     def capture(cls, out: Path) -> _OutputState:
         """Record the state of `out` before the run touches it."""
-        missing = None
-        for folder in (out, *out.parents):
-            if folder.exists():
-                break
-            missing = folder
+        from robustir.data.outputs import first_missing
+
+        missing = first_missing(out)
         had_checkpoint = (out / "last.safetensors").exists()
         # with a checkpoint nothing is ever undone, so a long run's log is not read for nothing
         texts = {} if had_checkpoint else {name: (out / name).read_bytes() if (out / name).is_file() else None
