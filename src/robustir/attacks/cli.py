@@ -68,16 +68,21 @@ def _check_sizes(sizes: dict[str, tuple[int, int]], kernel: torch.Tensor | None)
 def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channels: int | None) -> None:
     """Run the model once on the first image, so that a channel or size mismatch is reported before any output."""
     from robustir.degradations import Blur
+    from robustir.models.probe import channel_mismatch, run_once
 
+    how = f"--channels {channels} gave the images {channels} channel(s)" if channels is not None else \
+        f"{path.name} has {x.shape[1]} channel(s)"
+    k = max(cond["kernel"].shape[-2:]) if "kernel" in cond else 0
+    other = channel_mismatch(model, int(x.shape[1]), size=max(64, 2 * k), cond=cond)
+    if other is not None:
+        raise RobustirError(f"--model ({getattr(model, 'name', type(model).__name__)}) takes {other}-channel images, "
+                            f"not {x.shape[1]} ({how}; --channels {other} converts them)")
     if "kernel" in cond:
         x = Blur(cond["kernel"], boundary="circular")(x).clamp(0, 1)
     try:
-        with torch.no_grad():
-            model(x, **cond)
+        run_once(model, x, **cond)
     except RobustirError as exc:
-        hint = f" (--channels {channels} gave the images {channels} channel(s))" if channels is not None else \
-            f" ({path.name} has {x.shape[1]} channel(s); --channels 1 or 3 converts the images)"
-        raise RobustirError(f"{exc}{hint}") from None
+        raise RobustirError(f"{exc} ({how})") from None
 
 
 # What one `attack` call writes into --out; an earlier run's copies are replaced together, never mixed with new ones.

@@ -26,6 +26,7 @@ from robustir.errors import RobustirError
 from robustir.experiments.db import JobResult
 from robustir.experiments.jobs import Item, Job, derive_seed, expand_jobs
 from robustir.experiments.spec import DataEntry, Experiment, ModelEntry
+from robustir.models.probe import channel_keys, channel_mismatch, run_once
 
 
 @dataclass
@@ -294,49 +295,36 @@ def _preflight(exp: Experiment, device: torch.device, images: dict[str, list[Ten
             groups: dict[tuple[int, int, int], list[int]] = {}
             for i, x in enumerate(imgs):
                 groups.setdefault((x.shape[0], min(x.shape[1], size), min(x.shape[2], size)), []).append(i)
-            tried: dict[tuple[int, int, int], Tensor] = {}
             for channels in dict.fromkeys(c for c, _, _ in groups):
-                # channels first, on the largest image of that channel count, so a size problem is not mistaken
-                # for a channel problem; the error lists every file with that channel count
-                keys = [k for k in groups if k[0] == channels]
-                key = max(keys, key=lambda k: k[1] * k[2])
-                with_channels = [names[i] for k in keys for i in groups[k]]
-                try:
-                    tried[key] = _try_model(model, imgs[groups[key][0]], size, device, cond)
-                except RobustirError as exc:
-                    hint = "" if data.channels is not None else \
-                        f"; set data.{data.id}.channels to convert every image to the channels the model takes"
-                    raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (images with "
-                                        f"{channels} channel(s): {_name_files(with_channels)}): {exc}{hint}") from None
+                other = channel_mismatch(model, channels, size=size, device=device, cond=cond)
+                if other is None:  # it runs, or fails for another reason, which the size check below names
+                    continue
+                with_channels = [names[i] for k in groups if k[0] == channels for i in groups[k]]
+                # only a spec written out names keys the user can change; a preset's are not the user's
+                spec = model_entry.spec if isinstance(model_entry.spec, dict) else {}
+                keys = [f"{k}: {other}" for k in channel_keys(spec) if spec[k] == other]
+                hint = "" if data.channels is not None else \
+                    f"; set data.{data.id}.channels: {other} to convert every image to the channels the model takes"
+                raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (images with {channels} "
+                                    f"channel(s): {_name_files(with_channels)}): {model.name} takes {other}-channel "
+                                    f"images{' (' + ', '.join(keys) + ')' if keys else ''}{hint}")
             for key, members in groups.items():
                 x = imgs[members[0]]
                 h, w = x.shape[-2:]
-                if key not in tried:
-                    try:
-                        tried[key] = _try_model(model, x, size, device, cond)
-                    except RobustirError as exc:
-                        raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (image(s) of "
-                                            f"{h}x{w} (HxW): {_name_files([names[i] for i in members])}): "
-                                            f"{exc}") from None
+                try:
+                    out = run_once(model, x[None, :, :size, :size].to(device), **cond)
+                except RobustirError as exc:
+                    raise RobustirError(f"models.{model_entry.id} cannot restore data.{data.id} (image(s) of "
+                                        f"{h}x{w} (HxW): {_name_files([names[i] for i in members])}): "
+                                        f"{exc}") from None
                 ref = x[None, :, :size, :size].to(device)
                 for name in exp.metrics:
                     try:
-                        metric_fns[name](tried[key].clamp(0, 1), ref)
+                        metric_fns[name](out.clamp(0, 1), ref)
                     except RobustirError as exc:
                         raise RobustirError(f"data.{data.id}: metrics: {name} cannot score image(s) of {h}x{w} "
                                             f"(HxW): {_name_files([names[i] for i in members])}: {exc}") from None
     return models
-
-
-def _try_model(model: Any, x: Tensor, size: int, device: torch.device, cond: dict[str, Any]) -> Tensor:
-    """The model's output on the top-left `size` x `size` crop of a (C,H,W) image; a failure is a RobustirError."""
-    try:
-        with torch.no_grad():
-            return model(x[None, :, :size, :size].to(device), **cond)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except RuntimeError as exc:  # torch itself rejects some inputs (too small to pad, wrong channels for a conv)
-        raise RobustirError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
 def cyclic_target(item: Item, items: Sequence[Item]) -> int:

@@ -90,6 +90,8 @@ class Restorer(nn.Module):
         xp, (h, w) = pad_to_multiple(y, self.call.pad_multiple, self.call.pad_mode)
         try:
             out = self.call.adapter(self.net, xp, s, kernel) if self.call.adapter else self.net(xp)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the device's limit, not the input's fault: callers (tiling, batch sizing) must see it as it is
         except RuntimeError as exc:
             raise RobustirError(f"{self.name}: forward failed on input of shape {tuple(y.shape)}: {exc}") from exc
         if all_outputs:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import shutil
 import time
 import warnings
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from robustir.errors import RobustirError
+from robustir.models.probe import channel_keys, channel_mismatch
 from robustir.models.registry import build, get_model_info
 from robustir.models.restorer import Restorer
 from robustir.train.batch import BatchPrep, PrepContext, build_batch_prep, derive_seed
@@ -304,57 +304,24 @@ class _OutputState:
                 path.write_bytes(text)
 
 
-def _channel_keys(spec: dict[str, Any]) -> list[str]:
-    """Keys of a model spec that set its input channel count (in_nc, in_chans, n_colors, inp_channels, ...)."""
-    pattern = re.compile(r"^(in_?nc|in_?chans?|inp?_channels|n_?colou?rs|image_channels|img_channels?|"
-                         r"n_channels|channels|colors)$")
-    return [k for k in spec if pattern.match(str(k))]
-
-
 def _check_model_channels(model: Restorer, cfg: TrainConfig, data: TrainingData, device: torch.device) -> None:
-    """Refuse, before anything is written, a model that cannot take the training images' channel count.
-
-    One forward on a blank training-size patch; it counts as a channel mismatch only when the other channel count
-    runs, so a probe failing for any other reason never stops a run (the first step reports such errors).
-    """
+    """Refuse, before anything is written, a model that cannot take the training images' channel count."""
     # images handed to `train` in memory need not follow data.channels; files are converted to it on load
     first = (data.inputs or data.targets or [None])[0]
     c = int(first.shape[0]) if first is not None else cfg.data.channels
     if c not in (1, 3):
         return
-    patch = stage_at(0, cfg.data).patch_size
-    kernel = torch.full((5, 5), 1 / 25, device=device)
-
-    def runs(channels: int) -> Exception | None:
-        x = torch.full((1, channels, patch, patch), 0.5, device=device)
-        cond = {"sigma": 25 / 255 if model.needs_sigma else None, "kernel": kernel if model.needs_kernel else None}
-        try:
-            model(x, **cond)
-        except Exception as exc:  # noqa: BLE001 - any failure; only a channel mismatch is reported here
-            return exc
-        return None
-
-    was_training = model.training
-    # the probe must not shift the seeded RNG streams (bit-identical resume) nor update batch-norm statistics
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        model.eval()
-        try:
-            failure = runs(c)
-            other = 3 if c == 1 else 1
-            if failure is None or runs(other) is not None:
-                return
-        finally:
-            model.train(was_training)
-    keys = [k for k in _channel_keys(cfg.model) if cfg.model[k] == other]
+    other = channel_mismatch(model, c, size=stage_at(0, cfg.data).patch_size, device=device)
+    if other is None:  # it runs, or fails for another reason, which the first step reports
+        return
+    keys = [k for k in channel_keys(cfg.model) if cfg.model[k] == other]
     where = ", ".join(f"model.{k}: {other}" for k in keys) if keys else "its default input channels"
     fix = f"model.{keys[0]}: {c}" if keys else f"the model's input-channel key to {c}"
     if c == cfg.data.channels:
         raise RobustirError(f"data.channels is {c} but the model ({model.name}) takes {other}-channel images "
-                            f"({where}): set data.channels: {other} or {fix} ({failure})")
+                            f"({where}): set data.channels: {other} or {fix}")
     raise RobustirError(f"the training images have {c} channel(s) but the model ({model.name}) takes {other}-channel "
-                        f"images ({where}): give {other}-channel images or set {fix} ({failure})")
+                        f"images ({where}): give {other}-channel images or set {fix}")
 
 
 def _train(cfg: TrainConfig, di: DistInfo, *, resume: bool, data: TrainingData | None, data_root: str | None,
