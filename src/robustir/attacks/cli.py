@@ -75,8 +75,8 @@ def _probe(model: Any, x: torch.Tensor, cond: dict[str, Any], path: Path, channe
     k = max(cond["kernel"].shape[-2:]) if "kernel" in cond else 0
     other = channel_mismatch(model, int(x.shape[1]), size=max(64, 2 * k), cond=cond)
     if other is not None:
-        raise RobustirError(f"--model ({getattr(model, 'name', type(model).__name__)}) takes {other}-channel images, "
-                            f"not {x.shape[1]} ({how}; --channels {other} converts them)")
+        raise RobustirError(f"--model ({model.name}) takes {other}-channel images, not {x.shape[1]} "
+                            f"({how}; --channels {other} converts them)")
     if "kernel" in cond:
         x = Blur(cond["kernel"], boundary="circular")(x).clamp(0, 1)
     try:

@@ -45,9 +45,7 @@ def run_once(model: nn.Module, x: Tensor, **cond: Any) -> Tensor:
         model.eval()
         try:
             return model(x, **cond)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except RobustirError:
+        except (torch.cuda.OutOfMemoryError, RobustirError):
             raise
         except RuntimeError as exc:
             raise RobustirError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

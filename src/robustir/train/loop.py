@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustir.data.outputs import first_missing
 from robustir.errors import RobustirError
 from robustir.models.probe import channel_keys, channel_mismatch
 from robustir.models.registry import build, get_model_info
@@ -279,8 +280,6 @@ class _OutputState:
     @classmethod
     def capture(cls, out: Path) -> _OutputState:
         """Record the state of `out` before the run touches it."""
-        from robustir.data.outputs import first_missing
-
         missing = first_missing(out)
         had_checkpoint = (out / "last.safetensors").exists()
         # with a checkpoint nothing is ever undone, so a long run's log is not read for nothing
